@@ -1,0 +1,177 @@
+"""Radiograph -> model input: one numpy-only path shared by training, export, serving and batch scoring.
+
+`PreprocessSpec` records every choice (size, resize policy, interpolation, intensity normalisation) and travels with
+the model (checkpoint, ONNX manifest), so the service feeds a model exactly what it saw in training.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from functools import lru_cache
+from typing import Any, Literal
+
+import numpy as np
+
+ResizePolicy = Literal["letterbox", "crop", "stretch"]
+Interpolation = Literal["area", "bilinear"]
+Normalisation = Literal["percentile", "minmax", "histeq", "none"]
+
+_RESIZE_POLICIES = ("letterbox", "crop", "stretch")
+_INTERPOLATIONS = ("area", "bilinear")
+_NORMALISATIONS = ("percentile", "minmax", "histeq", "none")
+
+
+@dataclass(frozen=True)
+class PreprocessSpec:
+    """How a decoded radiograph becomes a model input `float32 [1, size, size]`.
+
+    - `resize`: "letterbox" keeps the whole image and pads the short side with `pad_value`; "crop" fills the square
+      and cuts the long side centrally; "stretch" ignores the aspect ratio.
+    - `interpolation`: "area" (box filter, antialiased; right for large downsampling factors) or "bilinear"
+      (triangle filter, antialiased when downsampling).
+    - `normalisation`: per-image intensity normalisation so films from other scanners/exposures look alike:
+      "percentile" maps the [p_low, p_high] percentiles to [0, 1] and clips; "minmax" stretches to [0, 1];
+      "histeq" equalises the histogram; "none" keeps the decoder's [0, 1] values.
+    - `mean`/`std`: applied last, `(x - mean) / std`.
+    """
+
+    size: int = 224
+    resize: ResizePolicy = "letterbox"
+    interpolation: Interpolation = "area"
+    normalisation: Normalisation = "percentile"
+    percentiles: tuple[float, float] = (1.0, 99.0)
+    pad_value: float = 0.0
+    mean: float = 0.5
+    std: float = 0.25
+    version: int = field(default=1)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.size, int) or self.size < 8:
+            raise ValueError(f"expected size to be an int >= 8, got {self.size!r}")
+        if self.resize not in _RESIZE_POLICIES:
+            raise ValueError(f"expected resize in {_RESIZE_POLICIES}, got {self.resize!r}")
+        if self.interpolation not in _INTERPOLATIONS:
+            raise ValueError(f"expected interpolation in {_INTERPOLATIONS}, got {self.interpolation!r}")
+        if self.normalisation not in _NORMALISATIONS:
+            raise ValueError(f"expected normalisation in {_NORMALISATIONS}, got {self.normalisation!r}")
+        low, high = self.percentiles
+        if not 0.0 <= low < high <= 100.0:
+            raise ValueError(f"expected percentiles 0 <= low < high <= 100, got {self.percentiles!r}")
+        if self.std <= 0:
+            raise ValueError(f"expected std > 0, got {self.std!r}")
+        object.__setattr__(self, "percentiles", (float(low), float(high)))
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["percentiles"] = list(self.percentiles)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PreprocessSpec:
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown PreprocessSpec fields {sorted(unknown)}; expected a subset of {sorted(known)}")
+        values = dict(data)
+        if "percentiles" in values:
+            values["percentiles"] = tuple(values["percentiles"])
+        return cls(**values)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> PreprocessSpec:
+        return cls.from_dict(json.loads(text))
+
+
+def preprocess(image: Any, spec: PreprocessSpec) -> np.ndarray:
+    """A `Radiograph` (or a grey float array in [0, 1]) -> `float32 [1, size, size]`, exactly as in training."""
+    pixels = np.asarray(getattr(image, "pixels", image))
+    if pixels.ndim != 2:
+        raise ValueError(f"expected a 2-D grey image, got shape {pixels.shape}")
+    if pixels.shape[0] < 2 or pixels.shape[1] < 2:
+        raise ValueError(f"expected an image of at least 2x2 pixels, got {pixels.shape[1]}x{pixels.shape[0]}")
+    x = pixels.astype(np.float32, copy=False)
+    x = normalise_intensity(x, spec)
+    x = resize_square(x, spec)
+    x = (x - np.float32(spec.mean)) / np.float32(spec.std)
+    return x[np.newaxis].astype(np.float32, copy=False)  # (1, S, S)
+
+
+def normalise_intensity(x: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
+    """Per-image intensity normalisation to [0, 1] (before resizing, so padding stays at `pad_value`)."""
+    if spec.normalisation == "none":
+        return np.clip(x, 0.0, 1.0)
+    if spec.normalisation == "histeq":
+        return _equalise_histogram(x)
+    if spec.normalisation == "minmax":
+        low, high = float(x.min()), float(x.max())
+    else:
+        low, high = (float(v) for v in np.percentile(x, spec.percentiles))
+    if high - low < 1e-8:
+        return np.zeros_like(x)
+    return np.clip((x - np.float32(low)) / np.float32(high - low), 0.0, 1.0)
+
+
+def _equalise_histogram(x: np.ndarray, bins: int = 1024) -> np.ndarray:
+    levels = np.clip((x * (bins - 1)).round().astype(np.int64), 0, bins - 1)
+    cdf = np.cumsum(np.bincount(levels.ravel(), minlength=bins)).astype(np.float64)
+    span = cdf[-1] - cdf[0]
+    if span <= 0:
+        return np.zeros_like(x)
+    lut = ((cdf - cdf[0]) / span).astype(np.float32)
+    return lut[levels]
+
+
+def resize_square(x: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
+    """Bring an (H, W) image to (size, size) following the spec's policy and interpolation."""
+    h, w = x.shape
+    size = spec.size
+    if spec.resize == "stretch":
+        return _resample(x, size, size, spec.interpolation)
+    if spec.resize == "crop":
+        side = min(h, w)
+        top, left = (h - side) // 2, (w - side) // 2
+        return _resample(x[top : top + side, left : left + side], size, size, spec.interpolation)
+    # letterbox: fit the long side, pad the short side symmetrically
+    scale = size / max(h, w)
+    new_h, new_w = max(1, round(h * scale)), max(1, round(w * scale))
+    resized = _resample(x, new_h, new_w, spec.interpolation)
+    out = np.full((size, size), np.float32(spec.pad_value), dtype=np.float32)
+    top, left = (size - new_h) // 2, (size - new_w) // 2
+    out[top : top + new_h, left : left + new_w] = resized
+    return out
+
+
+def _resample(x: np.ndarray, out_h: int, out_w: int, interpolation: Interpolation) -> np.ndarray:
+    """Separable resampling as two matrix products: out = Wy @ x @ Wx.T (antialiased, like Pillow's filters)."""
+    if x.shape == (out_h, out_w):
+        return x.astype(np.float32, copy=True)
+    wy = _weights(x.shape[0], out_h, interpolation)
+    wx = _weights(x.shape[1], out_w, interpolation)
+    return (wy @ x.astype(np.float32, copy=False) @ wx.T).astype(np.float32, copy=False)
+
+
+@lru_cache(maxsize=64)
+def _weights(n_in: int, n_out: int, interpolation: Interpolation) -> np.ndarray:
+    """(n_out, n_in) resampling matrix whose rows sum to 1; cached because sizes repeat across images."""
+    scale = n_in / n_out
+    support = max(scale, 1.0)  # widen the filter when downsampling (antialiasing)
+    centres = (np.arange(n_out, dtype=np.float64) + 0.5) * scale  # output pixel centres in input coordinates
+    src = np.arange(n_in, dtype=np.float64) + 0.5
+    distance = (src[np.newaxis, :] - centres[:, np.newaxis]) / support
+    if interpolation == "area":
+        # box filter: overlap of the output pixel's footprint with each input pixel
+        half = 0.5 * scale if scale > 1 else 0.5
+        lo = np.maximum(src[np.newaxis, :] - 0.5, centres[:, np.newaxis] - half)
+        hi = np.minimum(src[np.newaxis, :] + 0.5, centres[:, np.newaxis] + half)
+        weights = np.clip(hi - lo, 0.0, None)
+    else:
+        weights = np.clip(1.0 - np.abs(distance), 0.0, None)
+    sums = weights.sum(axis=1, keepdims=True)
+    sums[sums == 0] = 1.0
+    result = (weights / sums).astype(np.float32)
+    result.setflags(write=False)
+    return result
