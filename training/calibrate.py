@@ -1,0 +1,67 @@
+"""Operating points: per-label thresholds for classifiers, the outlier threshold for the autoencoder."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from sklearn.metrics import roc_curve
+
+
+def youden_threshold(labels: np.ndarray, scores: np.ndarray) -> float:
+    """Threshold maximising sensitivity + specificity - 1 over the known labels; 0.5 when undefined."""
+    y, s = _known(labels, scores)
+    if y.size == 0 or y.min() == y.max():
+        return 0.5
+    fpr, tpr, thresholds = roc_curve(y, s)
+    best = int(np.argmax(tpr - fpr))
+    return _finite(thresholds[best])
+
+
+def sensitivity_threshold(labels: np.ndarray, scores: np.ndarray, target: float) -> float:
+    """Highest threshold whose sensitivity on the known labels reaches `target` (e.g. 0.95 for screening)."""
+    if not 0.0 < target <= 1.0:
+        raise ValueError(f"expected a target sensitivity in (0, 1], got {target}")
+    y, s = _known(labels, scores)
+    if y.size == 0 or y.min() == y.max():
+        return 0.5
+    fpr, tpr, thresholds = roc_curve(y, s)
+    reaching = np.flatnonzero(tpr >= target)
+    return _finite(thresholds[reaching[0]])
+
+
+def label_thresholds(
+    label_names: Sequence[str],
+    labels: np.ndarray,
+    probabilities: np.ndarray,
+    *,
+    target_sensitivity: float | None = None,
+) -> dict[str, float]:
+    """One threshold per label: Youden's J by default, or the target sensitivity when given."""
+    thresholds = {}
+    for k, name in enumerate(label_names):
+        if target_sensitivity is None:
+            thresholds[name] = youden_threshold(labels[:, k], probabilities[:, k])
+        else:
+            thresholds[name] = sensitivity_threshold(labels[:, k], probabilities[:, k], target_sensitivity)
+    return thresholds
+
+
+def outlier_threshold(errors: np.ndarray, percentile: float = 99.0) -> float:
+    """Score above which an image is an outlier: the given percentile of in-distribution validation scores."""
+    if not 50.0 <= percentile <= 100.0:
+        raise ValueError(f"expected a percentile in [50, 100], got {percentile}")
+    errors = np.asarray(errors, dtype=np.float64)
+    if errors.size == 0:
+        raise ValueError("expected validation reconstruction errors, got an empty array")
+    return float(np.percentile(errors, percentile))
+
+
+def _known(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    known = ~np.isnan(labels)
+    return labels[known].astype(np.int64), scores[known]
+
+
+def _finite(threshold: float) -> float:
+    # roc_curve's first threshold is +inf (nothing predicted positive): clamp into the probability range
+    return float(min(max(threshold, 0.0), 1.0)) if np.isfinite(threshold) else 1.0

@@ -1,0 +1,122 @@
+"""What every training loop shares: device, seeding, checkpoints, masked loss, batched prediction, weight averaging."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.utils.data import DataLoader
+
+CHECKPOINT_FORMAT = 1
+
+
+def select_device(name: str = "auto") -> torch.device:
+    """ "auto" picks CUDA when a GPU is really usable, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"expected a usable CUDA device for --device {name}, but torch sees none")
+    return device
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def masked_bce_with_logits(logits: torch.Tensor, targets: torch.Tensor, pos_weight: torch.Tensor | None = None):
+    """Sum over labels of the logistic loss, missing labels (NaN) masked out; averaged over images.  # (B, K)"""
+    known = ~torch.isnan(targets)
+    safe_targets = torch.where(known, targets, torch.zeros_like(targets))
+    losses = nn.functional.binary_cross_entropy_with_logits(
+        logits, safe_targets, pos_weight=pos_weight, reduction="none"
+    )
+    return (losses * known).sum() / logits.shape[0]
+
+
+def make_ema(model: nn.Module, decay: float) -> AveragedModel | None:
+    """Exponential moving average of the weights (and BN buffers): steadier validation on small data sets."""
+    if decay <= 0:
+        return None
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+
+
+@torch.no_grad()
+def predict(
+    model: Callable[[torch.Tensor], torch.Tensor], loader: DataLoader, device: torch.device
+) -> tuple[np.ndarray, np.ndarray]:
+    """Run `model` over a loader of (x, y): returns (outputs (N, ...) float32, targets (N, K))."""
+    outputs, targets = [], []
+    for x, y in loader:
+        out = model(x.to(device, non_blocking=True))
+        outputs.append(out.float().cpu().numpy())
+        targets.append(y.numpy())
+    return np.concatenate(outputs), np.concatenate(targets)
+
+
+def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
+    """Atomic write: a crash mid-save never leaves a half-written checkpoint behind."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save({"format": CHECKPOINT_FORMAT, **payload}, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: str | Path, kind: str | None = None) -> dict[str, Any]:
+    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    if not isinstance(checkpoint, dict) or "model" not in checkpoint:
+        raise ValueError(f"expected a checkpoint written by this project at {path}, got {type(checkpoint).__name__}")
+    if kind is not None and checkpoint.get("kind") != kind:
+        raise ValueError(f"expected a {kind} checkpoint at {path}, got kind {checkpoint.get('kind')!r}")
+    return checkpoint
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def code_version() -> str:
+    """The git commit the code runs from (with "+dirty" for local changes), or "unknown" outside a checkout."""
+    root = Path(__file__).resolve().parents[1]
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return commit + ("+dirty" if dirty else "")
+
+
+def loader(dataset, batch_size: int, *, shuffle: bool, generator: torch.Generator | None = None, workers: int = 0):
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        generator=generator,
+        num_workers=workers,
+        drop_last=False,
+        persistent_workers=workers > 0,
+    )

@@ -1,0 +1,363 @@
+"""Train the classifier: an "Abnormal" head and k pathology heads on one shared CNN encoder.
+
+    xray train classifier --data nih:../shared/data/nih1000/Data_Entry_subset.csv --epochs 20 --output-dir runs/nih
+
+Loss: logistic loss summed over labels with missing labels masked out (the lecture's multi-label recipe).
+Every epoch writes `last.ckpt`; the best validation mean AUROC is kept in `best.ckpt`; at the end the best weights
+are calibrated on the validation split (per-label thresholds) and scored on the test split into `model.ckpt` and
+`metrics.json`. Checkpoints carry args, model config, PreprocessSpec, labels, thresholds and data summaries.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from models.classifier import BACKBONES, ClassifierConfig, XRayClassifier, load_encoder_weights
+from models.preprocessing import PreprocessSpec
+from training import calibrate, common, evaluate
+from training.augment import AugmentConfig, RandomRadiographAugment
+from training.datasets import ImageTensorDataset, positive_weights
+from training.sources import SPEC_HELP, SplitPolicy, choose_labels, load_splits
+
+
+def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description="Train a CNN classifier (abnormal + pathology heads) on labelled radiographs.",
+        add_help=add_help,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    data = parser.add_argument_group("data")
+    data.add_argument("--data", action="append", required=True, help=SPEC_HELP)
+    data.add_argument(
+        "--labels", type=_comma_list, default=None, help="comma-separated labels (default: all with enough positives)"
+    )
+    data.add_argument("--min-positives", type=int, default=10, help="labels with fewer training positives are left out")
+    data.add_argument("--val-fraction", type=float, default=0.1, help="patients held out for validation/calibration")
+    data.add_argument("--test-fraction", type=float, default=0.2, help="patients held out for the final test")
+    data.add_argument("--split-seed", type=int, default=0, help="seed of the patient-level split")
+    data.add_argument("--views", type=_comma_list, default=(), help="keep only these view positions, e.g. PA,AP")
+    model = parser.add_argument_group("model")
+    model.add_argument("--backbone", choices=BACKBONES, default="small_cnn", help="encoder architecture")
+    model.add_argument("--width", type=int, default=32, help="base width of small_cnn")
+    model.add_argument("--input-size", type=int, default=128, help="square input size in pixels")
+    model.add_argument("--dropout", type=float, default=0.0, help="dropout before the heads")
+    model.add_argument("--resize", choices=("letterbox", "crop", "stretch"), default="letterbox", help="resize policy")
+    model.add_argument(
+        "--normalisation",
+        choices=("percentile", "minmax", "histeq", "none"),
+        default="percentile",
+        help="per-image intensity normalisation",
+    )
+    model.add_argument(
+        "--init-from",
+        type=Path,
+        default=None,
+        help="initialise the encoder from a state dict or checkpoint (ImageNet file, or an autoencoder .ckpt)",
+    )
+    optim = parser.add_argument_group("optimisation")
+    optim.add_argument("--epochs", type=int, default=20, help="training epochs")
+    optim.add_argument("--batch-size", type=int, default=64, help="images per step")
+    optim.add_argument("--optimizer", choices=("sgd", "adamw"), default="sgd", help="SGD with momentum, or AdamW")
+    optim.add_argument("--lr", type=float, default=0.05, help="peak learning rate")
+    optim.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (Nesterov)")
+    optim.add_argument("--weight-decay", type=float, default=1e-4, help="weight decay")
+    optim.add_argument(
+        "--schedule", choices=("cosine", "onecycle", "constant"), default="cosine", help="learning-rate schedule"
+    )
+    optim.add_argument("--warmup-epochs", type=float, default=1.0, help="linear warm-up (cosine schedule)")
+    optim.add_argument("--pos-weight", action="store_true", help="weight positives by neg/pos per label")
+    optim.add_argument("--ema-decay", type=float, default=0.0, help="weight averaging (EMA) decay, 0 = off")
+    optim.add_argument("--no-augment", action="store_true", help="turn off shift/rotation/zoom/exposure augmentation")
+    optim.add_argument("--hflip", action="store_true", help="also flip horizontally (off: anatomy is not symmetric)")
+    optim.add_argument(
+        "--early-stop", type=int, default=0, help="stop after N epochs without a better val AUROC (0 = off)"
+    )
+    calib = parser.add_argument_group("calibration and evaluation")
+    calib.add_argument(
+        "--target-sensitivity", type=float, default=None, help="threshold for this sensitivity instead of Youden's J"
+    )
+    calib.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for AUROC CIs (0 = none)")
+    run = parser.add_argument_group("run")
+    run.add_argument("--output-dir", type=Path, default=Path("runs/classifier"), help="checkpoints and metrics")
+    run.add_argument("--resume", type=Path, default=None, help="continue from a last.ckpt")
+    run.add_argument("--seed", type=int, default=0, help="seed for init, shuffling and augmentation")
+    run.add_argument("--device", default="auto", help="auto (cuda if available, else cpu), cpu, cuda, cuda:1")
+    run.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
+    run.add_argument("--workers", type=int, default=0, help="DataLoader workers")
+    run.add_argument("--quiet", action="store_true", help="no progress bars")
+    return parser
+
+
+def _comma_list(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+def main(args: argparse.Namespace) -> dict[str, Any]:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    generator = common.seed_everything(args.seed)
+    device = common.select_device(args.device)
+    out_dir = Path(args.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    policy = SplitPolicy(args.val_fraction, args.test_fraction, args.split_seed, tuple(args.views), args.input_size)
+    splits = load_splits(args.data, policy)
+    labels = choose_labels(splits["train"], args.labels, args.min_positives)
+    splits = {name: split.select_labels(labels) for name, split in splits.items()}
+    if len(splits["val"]) == 0:
+        raise ValueError("expected a non-empty validation split (needed for early stopping and calibration)")
+    spec = PreprocessSpec(size=args.input_size, resize=args.resize, normalisation=args.normalisation)
+    config = ClassifierConfig(
+        labels=labels, backbone=args.backbone, input_size=args.input_size, width=args.width, dropout=args.dropout
+    )
+    model = XRayClassifier(config)
+    if args.init_from is not None:
+        loaded = load_encoder_weights(model, _state_dict_from(args.init_from))
+        print(f"initialised {len(loaded)} encoder tensors from {args.init_from}")
+    model.to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+
+    augment = None
+    if not args.no_augment:
+        augment = RandomRadiographAugment(AugmentConfig(hflip=args.hflip), spec, generator=generator)
+    progress = not args.quiet
+    train_set = ImageTensorDataset(splits["train"], spec, progress=progress)
+    val_set = ImageTensorDataset(splits["val"], spec, progress=progress)
+    train_loader = common.loader(train_set, args.batch_size, shuffle=True, generator=generator, workers=args.workers)
+    val_loader = common.loader(val_set, 256, shuffle=False)
+
+    pos_weight = None
+    if args.pos_weight:
+        pos_weight = torch.as_tensor(positive_weights(splits["train"]), dtype=torch.float32, device=device)
+    optimizer = _optimizer(model, args)
+    scheduler = _scheduler(optimizer, args, steps_per_epoch=len(train_loader))
+    ema = common.make_ema(model, args.ema_decay)
+    state = {"epoch": 0, "best_score": -math.inf, "history": [], "stale": 0}
+    if args.resume:
+        state = _resume(args.resume, model, optimizer, scheduler, ema)
+        print(f"resumed from {args.resume} at epoch {state['epoch']}")
+
+    base_payload = {
+        "kind": "classifier",
+        "args": _jsonable(vars(args)),
+        "config": config.to_dict(),
+        "spec": spec.to_dict(),
+        "labels": list(labels),
+        "data": {name: split.summary() for name, split in splits.items()},
+        "code_version": common.code_version(),
+    }
+    print(f"training {args.backbone} on {len(train_set)} images ({device}), labels: {', '.join(labels)}")
+    for epoch in range(state["epoch"], args.epochs):
+        started = time.perf_counter()
+        loss = _train_one_epoch(
+            model, train_loader, augment, optimizer, scheduler, ema, pos_weight, device, epoch, args
+        )
+        scored = ema.module if ema is not None else model
+        probabilities, targets = _predict_probabilities(scored, val_loader, device)
+        per_label = [evaluate.auroc(targets[:, k], probabilities[:, k]) for k in range(len(labels))]
+        score = (
+            float(np.mean([a for a in per_label if a is not None])) if any(a is not None for a in per_label) else 0.0
+        )
+        improved = score > state["best_score"]
+        state["stale"] = 0 if improved else state["stale"] + 1
+        state["best_score"] = max(score, state["best_score"])
+        state["epoch"] = epoch + 1
+        state["history"].append(
+            {
+                "epoch": epoch + 1,
+                "loss": loss,
+                "val_mean_auroc": score,
+                "val_auroc": dict(zip(labels, per_label, strict=True)),
+                "lr": optimizer.param_groups[0]["lr"],
+                "seconds": time.perf_counter() - started,
+            }
+        )
+        _log_epoch(state["history"][-1], args.epochs, improved)
+        weights = scored.state_dict()
+        payload = {**base_payload, "model": weights, "epoch": epoch + 1, "history": state["history"]}
+        common.save_checkpoint(
+            out_dir / "last.ckpt",
+            {**payload, "train_state": _train_state(model, optimizer, scheduler, ema, state)},
+        )
+        if improved:
+            common.save_checkpoint(out_dir / "best.ckpt", payload)
+        if args.early_stop and state["stale"] >= args.early_stop:
+            print(f"early stop: no better validation AUROC for {args.early_stop} epochs")
+            break
+
+    return _finalise(out_dir, base_payload, state, splits, spec, labels, device, args, progress)
+
+
+def _finalise(out_dir, base_payload, state, splits, spec, labels, device, args, progress) -> dict[str, Any]:
+    """Best weights -> thresholds on validation -> metrics on test -> model.ckpt + metrics.json."""
+    best = common.load_checkpoint(out_dir / "best.ckpt", kind="classifier")
+    model = XRayClassifier(ClassifierConfig.from_dict(best["config"]))
+    model.load_state_dict(best["model"])
+    model.to(device).eval()
+    val_loader = common.loader(ImageTensorDataset(splits["val"], spec), 256, shuffle=False)
+    val_prob, val_y = _predict_probabilities(model, val_loader, device)
+    thresholds = calibrate.label_thresholds(labels, val_y, val_prob, target_sensitivity=args.target_sensitivity)
+    metrics: dict[str, Any] = {"best_epoch": best["epoch"], "val_mean_auroc": state["best_score"]}
+    split_name = "test" if len(splits["test"]) else "val"
+    if split_name == "test":
+        test_loader = common.loader(ImageTensorDataset(splits["test"], spec, progress=progress), 256, shuffle=False)
+        prob, y = _predict_probabilities(model, test_loader, device)
+    else:
+        prob, y = val_prob, val_y
+    table = evaluate.label_metrics(labels, y, prob, thresholds, n_boot=args.bootstrap, seed=args.seed)
+    metrics.update(
+        {
+            "split": split_name,
+            "mean_auroc": evaluate.mean_auroc(table),
+            "labels": [m.to_dict() for m in table],
+        }
+    )
+    print(f"{split_name} split, best epoch {best['epoch']}:\n{evaluate.format_metrics(table)}")
+    print(f"mean AUROC {metrics['mean_auroc']:.3f}")
+    final = {
+        **base_payload,
+        "model": best["model"],
+        "epoch": best["epoch"],
+        "history": state["history"],
+        "thresholds": thresholds,
+        "metrics": metrics,
+    }
+    common.save_checkpoint(out_dir / "model.ckpt", final)
+    (out_dir / "metrics.json").write_text(
+        json.dumps({**metrics, "thresholds": thresholds, "history": state["history"]}, indent=2)
+    )
+    return {
+        "checkpoint": out_dir / "model.ckpt",
+        "metrics": metrics,
+        "thresholds": thresholds,
+        "test_probabilities": prob,
+        "test_labels": y,
+    }
+
+
+def _train_one_epoch(model, loader, augment, optimizer, scheduler, ema, pos_weight, device, epoch, args) -> float:
+    model.train()
+    use_amp = device.type == "cuda"
+    total, count = 0.0, 0
+    bar = tqdm(loader, desc=f"epoch {epoch + 1}/{args.epochs}", leave=False, disable=args.quiet)
+    for x, y in bar:
+        x = x.to(device, non_blocking=True)
+        y = y.to(device, non_blocking=True)
+        if augment is not None:
+            x = augment(x)  # one batched resampling: far cheaper than per item
+        if device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
+            logits = model(x)
+        loss = common.masked_bce_with_logits(logits.float(), y, pos_weight)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        if ema is not None:
+            ema.update_parameters(model)
+        total += float(loss.detach()) * x.shape[0]
+        count += x.shape[0]
+        bar.set_postfix(loss=f"{total / count:.4f}")
+    return total / max(count, 1)
+
+
+def _predict_probabilities(model, loader, device) -> tuple[np.ndarray, np.ndarray]:
+    model.eval()
+    logits, targets = common.predict(model, loader, device)
+    return 1.0 / (1.0 + np.exp(-logits)), targets
+
+
+def _optimizer(model: torch.nn.Module, args) -> torch.optim.Optimizer:
+    # no weight decay on biases and norm parameters
+    decay = [p for p in model.parameters() if p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.ndim <= 1]
+    groups = [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if args.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=args.lr, momentum=args.momentum, nesterov=True)
+    return torch.optim.AdamW(groups, lr=args.lr)
+
+
+def _scheduler(optimizer, args, steps_per_epoch: int):
+    total = max(1, args.epochs * steps_per_epoch)
+    if args.schedule == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=args.lr, total_steps=total)
+    if args.schedule == "constant":
+        return None
+    warmup = int(args.warmup_epochs * steps_per_epoch)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total - warmup)
+        return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def _train_state(model, optimizer, scheduler, ema, state) -> dict[str, Any]:
+    return {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "ema": ema.state_dict() if ema is not None else None,
+        "state": state,
+        "rng": torch.get_rng_state(),
+    }
+
+
+def _resume(path: Path, model, optimizer, scheduler, ema) -> dict[str, Any]:
+    checkpoint = common.load_checkpoint(path, kind="classifier")
+    train_state = checkpoint.get("train_state")
+    if train_state is None:
+        raise ValueError(f"expected a last.ckpt with training state at {path}; best/model checkpoints cannot resume")
+    model.load_state_dict(train_state["model"])
+    optimizer.load_state_dict(train_state["optimizer"])
+    if scheduler is not None and train_state["scheduler"] is not None:
+        scheduler.load_state_dict(train_state["scheduler"])
+    if ema is not None and train_state["ema"] is not None:
+        ema.load_state_dict(train_state["ema"])
+    torch.set_rng_state(train_state["rng"])
+    return train_state["state"]
+
+
+def _state_dict_from(path: Path) -> dict[str, torch.Tensor]:
+    """A plain state dict file, or one of our checkpoints (its "model" entry)."""
+    loaded = torch.load(path, map_location="cpu", weights_only=False)
+    if isinstance(loaded, dict) and "model" in loaded and isinstance(loaded["model"], dict):
+        return loaded["model"]
+    if isinstance(loaded, dict) and "state_dict" in loaded:
+        return loaded["state_dict"]
+    if isinstance(loaded, dict):
+        return loaded
+    raise ValueError(f"expected a state dict or checkpoint at {path}, got {type(loaded).__name__}")
+
+
+def _log_epoch(entry: dict[str, Any], epochs: int, improved: bool) -> None:
+    per_label = " ".join(f"{k} {v:.3f}" for k, v in entry["val_auroc"].items() if v is not None)
+    star = " *" if improved else ""
+    print(
+        f"epoch {entry['epoch']:>3}/{epochs} loss {entry['loss']:.4f}"
+        f" val mean AUROC {entry['val_mean_auroc']:.3f}{star}"
+        f" | {per_label} | lr {entry['lr']:.2g} {entry['seconds']:.1f}s",
+        flush=True,
+    )
+
+
+def _jsonable(values: dict[str, Any]) -> dict[str, Any]:
+    return {k: (str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v) for k, v in values.items()}
+
+
+if __name__ == "__main__":
+    main(get_args_parser().parse_args())
