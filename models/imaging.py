@@ -1,0 +1,558 @@
+"""Decode PNG, JPEG and DICOM bytes into one grey, display-ready image: the single entry point for pixels.
+
+Every consumer (training, export, serving, batch) calls `decode` / `from_array`, so the rules live here once:
+`Radiograph.pixels` is float32 (H, W) in [0, 1] with 1 = bright (bone white, as a reader would see it).
+
+DICOM goes through the standard grey pipeline, in this order (PS3.4 N.2.1.1):
+Modality LUT -> VOI (VOI LUT Sequence, else first window, else min-max) -> MONOCHROME1 / Presentation LUT inversion.
+
+Only numpy, pydicom and Pillow: this module must never import torch (the serving image does not carry it).
+Nothing identifying (PatientName, PatientID, AccessionNumber, PatientBirthDate) goes into `ImageMeta` or errors.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import re
+import struct
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from io import BytesIO
+from typing import TypeVar
+
+import numpy as np
+import pydicom
+from PIL import Image
+from pydicom.dataset import Dataset
+from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi, apply_windowing, get_decoder
+from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+__all__ = [
+    "DEFAULT_MAX_PIXELS",
+    "DEFAULT_MIN_SIDE",
+    "ColourImageError",
+    "CorruptPixelDataError",
+    "EmptyInputError",
+    "ImageMeta",
+    "ImageTooLargeError",
+    "ImageTooSmallError",
+    "ImagingError",
+    "MultiFrameError",
+    "NotAnImageError",
+    "Radiograph",
+    "UnsupportedTransferSyntaxError",
+    "decode",
+    "decode_file",
+    "from_array",
+    "sniff_format",
+]
+
+DEFAULT_MAX_PIXELS = 50_000_000  # ~7000x7000; checked from the header, before any pixel is decoded
+DEFAULT_MIN_SIDE = 8
+
+
+# --------------------------------------------------------------------------------------------------- errors
+class ImagingError(ValueError):
+    """Base of every decode failure; `code` and `http_status` feed the API's problem+json answer."""
+
+    code: str = "imaging_error"
+    http_status: int = 422
+
+
+class EmptyInputError(ImagingError):
+    code = "empty_input"
+    http_status = 400
+
+
+class NotAnImageError(ImagingError):
+    code = "not_an_image"
+    http_status = 415
+
+
+class UnsupportedTransferSyntaxError(ImagingError):
+    code = "unsupported_transfer_syntax"
+    http_status = 415
+
+
+class MultiFrameError(ImagingError):
+    code = "multi_frame"
+    http_status = 422
+
+
+class ColourImageError(ImagingError):
+    code = "colour_dicom"
+    http_status = 422
+
+
+class CorruptPixelDataError(ImagingError):
+    code = "corrupt_pixel_data"
+    http_status = 422
+
+
+class ImageTooLargeError(ImagingError):
+    code = "image_too_large"
+    http_status = 422
+
+
+class ImageTooSmallError(ImagingError):
+    code = "image_too_small"
+    http_status = 422
+
+
+# ---------------------------------------------------------------------------------------------- data types
+@dataclass(frozen=True)
+class ImageMeta:
+    format: str  # "png" | "jpeg" | "dicom" | "array"
+    width: int
+    height: int
+    bits_stored: int | None  # 8/16 for PNG/JPEG/arrays, BitsStored for DICOM
+    photometric: str | None  # DICOM PhotometricInterpretation, or the PIL mode ("L", "RGB", "I;16", ...)
+    modality: str | None = None
+    view_position: str | None = None
+    body_part: str | None = None
+    transfer_syntax: str | None = None  # UID string, DICOM only
+    manufacturer: str | None = None
+    sop_instance_uid_hash: str | None = None  # sha256 hex[:16] of SOPInstanceUID; never the UID itself
+    voi_source: str | None = None  # "voi_lut_sequence" | "window" | "minmax"; None for PNG/JPEG/colour
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class Radiograph:
+    pixels: np.ndarray  # float32 (H, W), values in [0, 1], 1 = bright
+    meta: ImageMeta
+
+
+# ---------------------------------------------------------------------------------------------- public API
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+_JPEG_MAGIC = b"\xff\xd8\xff"
+# Explicit VRs, to recognise a DICOM data set that lacks the 128-byte preamble and "DICM".
+_DICOM_VRS = frozenset(
+    b"AE AS AT CS DA DS DT FD FL IS LO LT OB OD OF OL OV OW PN SH SL SQ SS ST SV TM UC UI UL UN UR US UT UV".split()
+)
+
+
+def sniff_format(data: bytes) -> str | None:
+    """Return "png", "jpeg" or "dicom" from the leading bytes, or None when the bytes are none of those."""
+    if data.startswith(_PNG_MAGIC):
+        return "png"
+    if data.startswith(_JPEG_MAGIC):
+        return "jpeg"
+    if data[128:132] == b"DICM" or _looks_like_bare_dicom(data):
+        return "dicom"
+    return None
+
+
+def _looks_like_bare_dicom(data: bytes) -> bool:
+    """A data set without preamble (old ACR-NEMA files, raw dumps) starts with a group 0x0002 or 0x0008 tag."""
+    if len(data) < 8:
+        return False
+    group, _element = struct.unpack_from("<HH", data, 0)
+    if group not in (0x0002, 0x0008):
+        return False
+    if data[4:6] in _DICOM_VRS:  # explicit VR little endian
+        return True
+    (length,) = struct.unpack_from("<I", data, 4)  # implicit VR: a 32-bit value length that fits the data
+    return length <= len(data) - 8
+
+
+def decode(
+    data: bytes,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    min_side: int = DEFAULT_MIN_SIDE,
+    allow_colour_dicom: bool = False,
+) -> Radiograph:
+    """Decode PNG, JPEG or DICOM bytes; every failure is an `ImagingError` subclass."""
+    data = bytes(data)  # bytearray / memoryview from upload frameworks
+    if not data:
+        raise EmptyInputError("expected image bytes (PNG, JPEG or DICOM), got 0 bytes")
+    fmt = sniff_format(data)
+    if fmt == "dicom":
+        return _decode_dicom(data, max_pixels, min_side, allow_colour_dicom)
+    if fmt in ("png", "jpeg"):
+        return _decode_pillow(data, fmt, max_pixels, min_side)
+    raise NotAnImageError(f"expected PNG, JPEG or DICOM bytes, got {len(data)} bytes starting with {data[:8]!r}")
+
+
+def decode_file(path: str | os.PathLike, **kwargs) -> Radiograph:
+    """Read a file and `decode` it; keyword arguments go to `decode`."""
+    with open(path, "rb") as fh:
+        return decode(fh.read(), **kwargs)
+
+
+def from_array(array: np.ndarray, *, format: str = "array") -> Radiograph:
+    """Wrap a grey 2-D array (e.g. MedMNIST) with the same scaling rules as PNG.
+
+    uint8 / 255, uint16 / 65535, floats are taken to be in [0, 1] already and clipped.
+    """
+    array = np.asarray(array)
+    if array.ndim != 2:
+        raise ImagingError(f"expected a 2-D grey array (H, W), got shape {array.shape}")
+    if array.size == 0:
+        raise EmptyInputError(f"expected a non-empty array, got shape {array.shape}")
+    if array.dtype == np.uint8:
+        pixels, bits = array.astype(np.float32) / 255.0, 8
+    elif array.dtype == np.uint16:
+        pixels, bits = array.astype(np.float32) / 65535.0, 16
+    elif np.issubdtype(array.dtype, np.floating):
+        if not np.isfinite(array).all():
+            raise CorruptPixelDataError("expected finite float pixel values, got NaN or infinity")
+        pixels, bits = np.clip(array, 0.0, 1.0).astype(np.float32), None
+    else:
+        raise ImagingError(f"expected a uint8, uint16 or float array, got dtype {array.dtype}")
+    height, width = array.shape
+    meta = ImageMeta(format=format, width=width, height=height, bits_stored=bits, photometric=None)
+    return Radiograph(pixels=np.ascontiguousarray(pixels, dtype=np.float32), meta=meta)
+
+
+# ------------------------------------------------------------------------------------------------- helpers
+@contextmanager
+def _typed_errors(error: type[ImagingError], what: str, describe: Callable[[str], str] | None = None) -> Iterator[None]:
+    """Turn whatever a third-party decoder raises into `error`, so callers only ever see `ImagingError`.
+
+    pydicom, Pillow and the pylibjpeg plugins raise ValueError, OSError, SyntaxError, struct.error, KeyError,
+    RuntimeError ... on malformed input; listing them all would be a promise nobody can keep.
+    `describe` makes the library's message safe to show; None shows only the exception type (DICOM header
+    errors can quote header values).
+    """
+    try:
+        yield
+    except (ImagingError, MemoryError):
+        raise
+    except Exception as exc:  # see docstring: the library boundary, nowhere else
+        detail = type(exc).__name__ if describe is None else describe(f"{type(exc).__name__}: {exc}")[:300]
+        raise error(f"{what}: {detail}") from exc
+
+
+def _check_size(width: int, height: int, max_pixels: int, min_side: int, frames: int = 1) -> None:
+    """Size limits from the header, before decoding: a 100000x100000 PNG is 60 bytes and 10 GB decoded."""
+    total = width * height * frames
+    if total > max_pixels:
+        shape = f"{width}x{height}" + (f"x{frames} frames" if frames > 1 else "")
+        raise ImageTooLargeError(f"expected at most {max_pixels} pixels, got {shape} = {total}")
+    if min(width, height) < min_side:
+        raise ImageTooSmallError(f"expected both sides >= {min_side} px, got {width}x{height} (width x height)")
+
+
+# ---------------------------------------------------------------------------------------------- PNG / JPEG
+_SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")  # "I": 16-bit PNGs in older Pillow
+
+
+def _decode_pillow(data: bytes, fmt: str, max_pixels: int, min_side: int) -> Radiograph:
+    # Image.open only parses the header; `formats` keeps Pillow from guessing other formats.
+    with _typed_errors(CorruptPixelDataError, f"could not read the {fmt.upper()} header", str):
+        image = _pillow_step(lambda: Image.open(BytesIO(data), formats=[fmt.upper()]), max_pixels)
+    width, height = image.size
+    _check_size(width, height, max_pixels, min_side)
+    with _typed_errors(CorruptPixelDataError, f"could not decode the {fmt.upper()} image", str):
+        # load() raises on truncated data because ImageFile.LOAD_TRUNCATED_IMAGES stays False.
+        _pillow_step(image.load, max_pixels)
+        pixels, bits = _pil_to_unit(image)
+    meta = ImageMeta(format=fmt, width=width, height=height, bits_stored=bits, photometric=image.mode)
+    return Radiograph(pixels=pixels, meta=meta)
+
+
+_T = TypeVar("_T")
+
+
+def _pillow_step(step: Callable[[], _T], max_pixels: int) -> _T:
+    """Run a Pillow call, reporting Pillow's own decompression-bomb limit as ImageTooLargeError."""
+    try:
+        return step()
+    except Image.DecompressionBombError as exc:  # Pillow's limit can trip before ours sees the size
+        raise ImageTooLargeError(f"expected at most {max_pixels} pixels, got more: {exc}") from exc
+
+
+def _pil_to_unit(image: Image.Image) -> tuple[np.ndarray, int]:
+    """Grey float32 in [0, 1]: 16-bit grey / 65535, anything else via Pillow's luminance "L" / 255."""
+    if image.mode in _SIXTEEN_BIT_MODES:
+        values = np.asarray(image).astype(np.float32) / 65535.0
+        return np.clip(values, 0.0, 1.0), 16
+    grey = image if image.mode == "L" else image.convert("L")  # RGB(A), LA, P, CMYK ...: alpha dropped
+    return np.asarray(grey, dtype=np.float32) / 255.0, 8
+
+
+# --------------------------------------------------------------------------------------------------- DICOM
+_GREY_PHOTOMETRICS = ("MONOCHROME1", "MONOCHROME2")
+_PHI_KEYWORDS = ("PatientName", "PatientID", "AccessionNumber", "PatientBirthDate")
+# Names pydicom 3.0 does not know yet, so error messages can say what the UID is.
+_EXTRA_UID_NAMES = {
+    "1.2.840.10008.1.2.4.110": "JPEG XL Lossless",
+    "1.2.840.10008.1.2.4.111": "JPEG XL JPEG Recompression",
+    "1.2.840.10008.1.2.4.112": "JPEG XL",
+}
+# Header text reaches meta or a message only when it is a valid value of its VR (PS3.5 6.2): a corrupted
+# length makes an element swallow its neighbours, PatientName included.
+_VR_PATTERNS = {
+    "CS": re.compile(r"[A-Z0-9 _]{1,16}"),
+    "UI": re.compile(r"[0-9.]{1,64}"),
+    "LO": re.compile(r"[^\\\x00-\x1f\x7f]{1,64}"),
+}
+
+
+@dataclass(frozen=True)
+class _Header:
+    rows: int
+    columns: int
+    photometric: str  # a valid CS value, or "" when unreadable
+    is_grey: bool
+
+
+def _decode_dicom(data: bytes, max_pixels: int, min_side: int, allow_colour: bool) -> Radiograph:
+    ds = _read_dataset(data)
+    with _typed_errors(CorruptPixelDataError, "could not read the DICOM header"):
+        header = _check_dicom_header(ds, max_pixels, min_side, allow_colour)
+        transfer_syntax = _check_transfer_syntax(ds)
+        redact = _redactor(ds)
+    with _typed_errors(CorruptPixelDataError, "could not decode the DICOM pixel data", redact):
+        stored = ds.pixel_array
+        # Grey: (H, W). Colour: (H, W, 3) samples, or (H, W) indices for PALETTE COLOR.
+        allowed = [(header.rows, header.columns)]
+        if not header.is_grey:
+            allowed.insert(0, (header.rows, header.columns, 3))
+        if stored.shape not in allowed:
+            raise CorruptPixelDataError(f"expected a pixel array of shape {allowed[0]}, got {stored.shape}")
+    with _typed_errors(CorruptPixelDataError, "could not apply the DICOM grey pipeline", redact):
+        if header.is_grey:
+            pixels, voi_source = _grey_pipeline(stored, ds, header.photometric)
+        else:
+            pixels, voi_source = _colour_to_grey(stored, ds, header.photometric), None
+        meta = _dicom_meta(ds, header, transfer_syntax, voi_source)
+    return Radiograph(pixels=pixels, meta=meta)
+
+
+def _read_dataset(data: bytes) -> Dataset:
+    """dcmread with force=True (files without file meta), with the transfer syntax filled in when absent."""
+    with _typed_errors(CorruptPixelDataError, "could not parse the DICOM data set"):
+        ds = pydicom.dcmread(BytesIO(data), force=True)
+    # pydicom answers a data set cut short (EOF inside it) with an EMPTY data set plus a warning.
+    if len(ds) == 0:
+        raise CorruptPixelDataError(
+            f"expected a DICOM data set after the file meta header, got none readable in {len(data)} bytes "
+            "(truncated file?)"
+        )
+    if "TransferSyntaxUID" not in ds.file_meta:
+        # No file meta (ACR-NEMA style): use the encoding pydicom detected while reading (usually implicit LE).
+        implicit, little = ds.original_encoding
+        if implicit:
+            ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
+        else:
+            ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian if little else ExplicitVRBigEndian
+    return ds
+
+
+def _check_dicom_header(ds: Dataset, max_pixels: int, min_side: int, allow_colour: bool) -> _Header:
+    """Every check that the header alone can answer, before a single pixel is decoded."""
+    if "PixelData" not in ds:
+        if "Rows" in ds:  # an image header whose pixels are missing: a file cut short
+            raise CorruptPixelDataError(
+                "expected Pixel Data (7FE0,0010) for the image the header describes, got none (truncated file?)"
+            )
+        sop_class = _header_text(ds, "SOPClassUID", "UI") or "not given"
+        raise NotAnImageError(
+            f"expected a DICOM image with Pixel Data (7FE0,0010), got a DICOM object without it "
+            f"(SOP Class UID {sop_class})"
+        )
+    rows, columns = _header_int(ds, "Rows"), _header_int(ds, "Columns")
+    frames = _header_int(ds, "NumberOfFrames", default=1)
+    if frames < 1:
+        raise CorruptPixelDataError(f"expected NumberOfFrames >= 1, got {frames}")
+    _check_size(columns, rows, max_pixels, min_side, frames)
+    if frames > 1:
+        raise MultiFrameError(f"expected a single-frame image, got {frames} frames")
+    # Old ACR-NEMA files may omit these; pydicom needs them to decode. Absent means grey, one sample.
+    if "SamplesPerPixel" not in ds:
+        ds.SamplesPerPixel = 1
+    if "PhotometricInterpretation" not in ds:
+        ds.PhotometricInterpretation = "MONOCHROME2"
+    samples = _header_int(ds, "SamplesPerPixel")
+    photometric = _header_text(ds, "PhotometricInterpretation", "CS") or ""
+    is_grey = samples == 1 and photometric in _GREY_PHOTOMETRICS
+    if not is_grey and not allow_colour:
+        raise ColourImageError(
+            "expected a grey image (MONOCHROME1/2, 1 sample per pixel), "
+            f"got {photometric or 'an unreadable Photometric Interpretation'} with {samples} samples per pixel"
+        )
+    return _Header(rows=rows, columns=columns, photometric=photometric, is_grey=is_grey)
+
+
+def _check_transfer_syntax(ds: Dataset) -> str:
+    """Fail with a clear 415 when no installed pydicom plugin can decode this transfer syntax."""
+    text = _header_text(ds.file_meta, "TransferSyntaxUID", "UI")
+    if text is None:
+        raise UnsupportedTransferSyntaxError("expected a valid Transfer Syntax UID, got an unreadable one")
+    uid = UID(text)
+    name = _EXTRA_UID_NAMES.get(text, uid.name)
+    try:
+        decoder = get_decoder(uid)
+    except NotImplementedError as exc:
+        raise UnsupportedTransferSyntaxError(
+            f"expected a transfer syntax pydicom can decode (uncompressed, JPEG, JPEG-LS, JPEG 2000, RLE), "
+            f"got {uid} ({name})"
+        ) from exc
+    if not decoder.is_available:
+        missing = "; ".join(decoder.missing_dependencies)
+        raise UnsupportedTransferSyntaxError(
+            f"expected an installed decoder plugin for transfer syntax {uid} ({name}), got none ({missing})"
+        )
+    return text
+
+
+def _grey_pipeline(stored: np.ndarray, ds: Dataset, photometric: str) -> tuple[np.ndarray, str]:
+    """Modality LUT -> VOI -> inversion, in float64; returns float32 in [0, 1] and the VOI step used."""
+    values = np.asarray(apply_modality_lut(stored, ds), dtype=np.float64)
+    unit, voi_source = _apply_voi(values, ds)
+    if _display_inverted(ds, photometric):
+        unit = 1.0 - unit
+    return np.clip(unit, 0.0, 1.0).astype(np.float32), voi_source
+
+
+def _apply_voi(values: np.ndarray, ds: Dataset) -> tuple[np.ndarray, str]:
+    """First usable of: VOI LUT Sequence, Window Center/Width, min-max. A malformed LUT or window falls
+    through to the next step (the pixels are fine, only the display hint is broken); `voi_source` says
+    which step ran."""
+    if _has_voi_lut(ds):
+        try:
+            return _voi_lut(values, ds), "voi_lut_sequence"
+        except _VOI_ERRORS:
+            pass
+    if "WindowCenter" in ds and "WindowWidth" in ds:
+        try:
+            return _window(values, ds), "window"
+        except _VOI_ERRORS:
+            pass
+    return _minmax(values), "minmax"
+
+
+_VOI_ERRORS = (ValueError, TypeError, ArithmeticError, LookupError, AttributeError, NotImplementedError, struct.error)
+
+
+def _has_voi_lut(ds: Dataset) -> bool:
+    sequence = ds.get("VOILUTSequence")
+    return bool(sequence) and "LUTDescriptor" in sequence[0] and "LUTData" in sequence[0]
+
+
+def _voi_lut(values: np.ndarray, ds: Dataset) -> np.ndarray:
+    # LUT entries are indexed by integer values; rescaled output is float but integral in practice.
+    indices = np.rint(values).astype(np.int64)
+    out_bits = int(ds.VOILUTSequence[0].LUTDescriptor[2])  # the LUT's output bit depth
+    mapped = apply_voi(indices, ds, index=0)
+    return mapped.astype(np.float64) / float(2**out_bits - 1)
+
+
+def _window(values: np.ndarray, ds: Dataset) -> np.ndarray:
+    with np.errstate(over="ignore"):  # SIGMOID: exp overflow is the intended saturation
+        windowed = apply_windowing(values, ds, index=0)
+        # Ask pydicom for the window's output range rather than re-deriving its rules (BitsStored, sign,
+        # rescale): -inf maps to the low end, +inf to the high end, for LINEAR, LINEAR_EXACT and SIGMOID.
+        low, high = apply_windowing(np.array([-np.inf, np.inf]), ds, index=0)
+    if not np.isfinite([low, high]).all() or high == low:
+        raise ValueError(f"window output range is degenerate: {low}..{high}")
+    return (np.asarray(windowed, dtype=np.float64) - low) / (high - low)
+
+
+def _minmax(values: np.ndarray) -> np.ndarray:
+    low, high = float(values.min()), float(values.max())
+    if high <= low:  # constant image: all zeros, no division by zero
+        return np.zeros_like(values, dtype=np.float64)
+    return (values - low) / (high - low)
+
+
+def _display_inverted(ds: Dataset, photometric: str) -> bool:
+    """True when the displayed image is the inverse of the VOI output.
+
+    MONOCHROME1 means "minimum is white". Presentation LUT Shape INVERSE inverts once more for MONOCHROME2,
+    but for MONOCHROME1 it is the standard's own way of stating that same inversion (the DX IOD requires
+    INVERSE with MONOCHROME1, PS3.3 C.8.11.7), so it must not invert a second time.
+    """
+    inverse_shape = _header_text(ds, "PresentationLUTShape", "CS") == "INVERSE"
+    return photometric == "MONOCHROME1" or inverse_shape
+
+
+def _colour_to_grey(stored: np.ndarray, ds: Dataset, photometric: str) -> np.ndarray:
+    """Colour DICOM (only when allowed): RGB (pydicom converts YBR to RGB) or palette -> luminance."""
+    if photometric == "PALETTE COLOR":
+        rgb = apply_color_lut(stored, ds)
+        bits = int(ds.RedPaletteColorLookupTableDescriptor[2])
+    else:
+        rgb, bits = stored, int(ds.BitsStored)
+    if rgb.ndim != 3 or rgb.shape[-1] < 3:
+        raise CorruptPixelDataError(f"expected an (H, W, 3) colour array, got shape {rgb.shape}")
+    rgb = rgb[..., :3].astype(np.float64) / float(2**bits - 1)
+    grey = rgb @ np.array([0.299, 0.587, 0.114])  # ITU-R BT.601 luma, as Pillow's "L"
+    return np.clip(grey, 0.0, 1.0).astype(np.float32)
+
+
+def _dicom_meta(ds: Dataset, header: _Header, transfer_syntax: str, voi_source: str | None) -> ImageMeta:
+    sop_uid = _header_text(ds, "SOPInstanceUID", "UI")
+    bits = ds.get("BitsStored")
+    return ImageMeta(
+        format="dicom",
+        width=header.columns,
+        height=header.rows,
+        bits_stored=int(bits) if isinstance(bits, int) else None,
+        photometric=header.photometric or None,
+        modality=_header_text(ds, "Modality", "CS"),
+        view_position=_header_text(ds, "ViewPosition", "CS"),
+        body_part=_header_text(ds, "BodyPartExamined", "CS"),
+        transfer_syntax=transfer_syntax,
+        manufacturer=_header_text(ds, "Manufacturer", "LO"),
+        sop_instance_uid_hash=hashlib.sha256(sop_uid.encode()).hexdigest()[:16] if sop_uid else None,
+        voi_source=voi_source,
+    )
+
+
+def _header_int(ds: Dataset, keyword: str, default: int | None = None) -> int:
+    """An integer header value (US or IS); CorruptPixelDataError when it is missing or not one integer."""
+    value = ds.get(keyword)
+    if value is None and default is not None:
+        return default
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise CorruptPixelDataError(f"expected one integer {keyword}, got {type(value).__name__}")
+    return int(value)
+
+
+def _header_text(ds: Dataset, keyword: str, vr: str) -> str | None:
+    """A header string if present and a valid `vr` value, else None (metadata never fails a decode)."""
+    text = _raw_text(ds, keyword, "latin-1")
+    return text if text is not None and _VR_PATTERNS[vr].fullmatch(text) else None
+
+
+def _raw_text(ds: Dataset, keyword: str, encoding: str) -> str | None:
+    """An element's value as text, from its raw bytes when pydicom has not converted it yet.
+
+    Converting (ds.PatientName) runs pydicom's value validation, whose warnings, also sent to the "pydicom"
+    log, quote some invalid values: reading the raw bytes keeps a swallowed PatientName out of every log line.
+    """
+    element = ds.get_item(keyword, keep_deferred=True)  # keep_deferred: never convert, even empty values
+    value = getattr(element, "value", None)
+    if isinstance(value, bytes):
+        text = value.decode(encoding, "replace")
+    elif value is None:
+        return None
+    else:
+        text = str(value)
+    return text.strip(" \x00") or None
+
+
+def _redactor(ds: Dataset) -> Callable[[str], str]:
+    """A function that blanks this data set's identifying values out of a (library) error message."""
+    secrets: set[str] = set()
+    for keyword in _PHI_KEYWORDS:
+        for encoding in ("utf-8", "latin-1"):
+            value = _raw_text(ds, keyword, encoding) or ""
+            parts = value.replace("=", "^").replace("\\", "^").split("^")  # PN groups, components, values
+            secrets.update(text for text in (value, *parts) if len(text) >= 3)
+
+    def redact(message: str) -> str:
+        for secret in sorted(secrets, key=len, reverse=True):
+            message = message.replace(secret, "[redacted]")
+        return message
+
+    return redact
