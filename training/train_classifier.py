@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -144,8 +145,11 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     ema = common.make_ema(model, args.ema_decay)
     state = {"epoch": 0, "best_score": -math.inf, "history": [], "stale": 0}
     if args.resume:
-        state = _resume(args.resume, model, optimizer, scheduler, ema)
+        state = _resume(args.resume, model, optimizer, scheduler, ema, generator)
         print(f"resumed from {args.resume} at epoch {state['epoch']}")
+        previous_best = Path(args.resume).parent / "best.ckpt"
+        if previous_best.exists() and not (out_dir / "best.ckpt").exists():
+            shutil.copyfile(previous_best, out_dir / "best.ckpt")  # resuming into a new folder keeps the best so far
 
     base_payload = {
         "kind": "classifier",
@@ -187,7 +191,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         payload = {**base_payload, "model": weights, "epoch": epoch + 1, "history": state["history"]}
         common.save_checkpoint(
             out_dir / "last.ckpt",
-            {**payload, "train_state": _train_state(model, optimizer, scheduler, ema, state)},
+            {**payload, "train_state": _train_state(model, optimizer, scheduler, ema, state, generator)},
         )
         if improved:
             common.save_checkpoint(out_dir / "best.ckpt", payload)
@@ -306,7 +310,7 @@ def _scheduler(optimizer, args, steps_per_epoch: int):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def _train_state(model, optimizer, scheduler, ema, state) -> dict[str, Any]:
+def _train_state(model, optimizer, scheduler, ema, state, generator: torch.Generator) -> dict[str, Any]:
     return {
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
@@ -314,10 +318,11 @@ def _train_state(model, optimizer, scheduler, ema, state) -> dict[str, Any]:
         "ema": ema.state_dict() if ema is not None else None,
         "state": state,
         "rng": torch.get_rng_state(),
+        "generator": generator.get_state(),  # shuffling + augmentation: an exact resume needs it
     }
 
 
-def _resume(path: Path, model, optimizer, scheduler, ema) -> dict[str, Any]:
+def _resume(path: Path, model, optimizer, scheduler, ema, generator: torch.Generator) -> dict[str, Any]:
     checkpoint = common.load_checkpoint(path, kind="classifier")
     train_state = checkpoint.get("train_state")
     if train_state is None:
@@ -329,6 +334,7 @@ def _resume(path: Path, model, optimizer, scheduler, ema) -> dict[str, Any]:
     if ema is not None and train_state["ema"] is not None:
         ema.load_state_dict(train_state["ema"])
     torch.set_rng_state(train_state["rng"])
+    generator.set_state(train_state["generator"])
     return train_state["state"]
 
 
