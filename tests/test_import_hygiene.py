@@ -18,6 +18,7 @@ TORCH_FREE_MODULES = [
     "service",
     "service.config",
     "service.cli",
+    "service.registry",
 ]
 
 

@@ -35,6 +35,7 @@ class SplitPolicy:
     seed: int = 0
     views: tuple[str, ...] = ()
     phantom_size: int = 128
+    uncertain: str = "ignore"  # CheXpert's -1 labels: ignore (missing) | positive | negative
 
 
 def parse_spec(spec: str) -> tuple[str, str, str | None]:
@@ -70,19 +71,19 @@ def _source_splits(spec: str, policy: SplitPolicy) -> dict[str, LabelledImages]:
         }
     if kind == "folder" and (official := _folder_splits(Path(path))):
         return official
-    data = _load_unsplit(kind, Path(path), Path(image_root) if image_root else None)
+    data = _load_unsplit(kind, Path(path), Path(image_root) if image_root else None, policy)
     if policy.views:
         data = datasets.filter_views(data, policy.views)
     fractions = (1.0 - policy.val_fraction - policy.test_fraction, policy.val_fraction, policy.test_fraction)
     return datasets.patient_split(data, fractions=fractions, seed=policy.seed)
 
 
-def _load_unsplit(kind: str, path: Path, image_root: Path | None) -> LabelledImages:
+def _load_unsplit(kind: str, path: Path, image_root: Path | None, policy: SplitPolicy) -> LabelledImages:
     root = image_root or path.parent
     if kind == "nih":
         return datasets.nih_chestxray14(path, root)
     if kind == "chexpert":
-        return datasets.chexpert(path, root)
+        return datasets.chexpert(path, root, uncertain=policy.uncertain)
     if kind == "csv":
         return datasets.csv_dataset(path, root)
     return datasets.image_folder(path)

@@ -31,6 +31,7 @@ from training.sources import SPEC_HELP, SplitPolicy, load_splits
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
+        prog="xray train autoencoder",
         description="Train a convolutional autoencoder whose reconstruction error flags non-chest images.",
         add_help=add_help,
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,

@@ -32,6 +32,7 @@ from training.sources import SPEC_HELP, SplitPolicy, choose_labels, load_splits
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
+        prog="xray train classifier",
         description="Train a CNN classifier (abnormal + pathology heads) on labelled radiographs.",
         add_help=add_help,
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -45,6 +46,12 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     data.add_argument("--val-fraction", type=float, default=0.1, help="patients held out for validation/calibration")
     data.add_argument("--test-fraction", type=float, default=0.2, help="patients held out for the final test")
     data.add_argument("--split-seed", type=int, default=0, help="seed of the patient-level split")
+    data.add_argument(
+        "--uncertain",
+        choices=("ignore", "positive", "negative"),
+        default="ignore",
+        help="CheXpert uncertain (-1) labels: missing, U-Ones or U-Zeros",
+    )
     data.add_argument("--views", type=_comma_list, default=(), help="keep only these view positions, e.g. PA,AP")
     model = parser.add_argument_group("model")
     model.add_argument("--backbone", choices=BACKBONES, default="small_cnn", help="encoder architecture")
@@ -110,7 +117,9 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     out_dir = Path(args.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    policy = SplitPolicy(args.val_fraction, args.test_fraction, args.split_seed, tuple(args.views), args.input_size)
+    policy = SplitPolicy(
+        args.val_fraction, args.test_fraction, args.split_seed, tuple(args.views), args.input_size, args.uncertain
+    )
     splits = load_splits(args.data, policy)
     labels = choose_labels(splits["train"], args.labels, args.min_positives)
     splits = {name: split.select_labels(labels) for name, split in splits.items()}

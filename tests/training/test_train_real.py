@@ -52,10 +52,14 @@ def test_nih1000_patient_split_mean_auroc(tmp_path) -> None:
         "--data", f"nih:{csv}",
         "--labels", ",".join(NIH_REPORTED),
         "--test-fraction", "0.25",
-        "--val-fraction", "0.15",
+        "--val-fraction", "0.10",
         "--split-seed", "0",
         "--input-size", "64",
-        "--epochs", "15",
+        "--epochs", "25",
+        "--optimizer", "adamw",
+        "--lr", "3e-3",
+        "--weight-decay", "0.01",
+        "--pos-weight",
         "--ema-decay", "0.99",
     )  # fmt: skip
     metrics = result["metrics"]
@@ -67,9 +71,13 @@ def test_nih1000_patient_split_mean_auroc(tmp_path) -> None:
 def test_phantom_demo_model_learns_every_finding(tmp_path) -> None:
     result = _train(
         tmp_path,
-        "--data", "phantoms:1500",
+        "--data", "phantoms:6000",
         "--input-size", "64",
         "--epochs", "10",
+        "--batch-size", "32",
+        "--optimizer", "adamw",
+        "--lr", "3e-3",
+        "--weight-decay", "0.01",
         "--ema-decay", "0.99",
     )  # fmt: skip
     aurocs = {m["label"]: m["auroc"] for m in result["metrics"]["labels"]}
