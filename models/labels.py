@@ -27,20 +27,7 @@ NIH_PATHOLOGIES: tuple[str, ...] = (
 
 # torchxrayvision's 18-label "all" list (its default_pathologies), for interop with its models.
 XRV_PATHOLOGIES: tuple[str, ...] = (
-    "Atelectasis",
-    "Consolidation",
-    "Infiltration",
-    "Pneumothorax",
-    "Edema",
-    "Emphysema",
-    "Fibrosis",
-    "Effusion",
-    "Pneumonia",
-    "Pleural_Thickening",
-    "Cardiomegaly",
-    "Nodule",
-    "Mass",
-    "Hernia",
+    *NIH_PATHOLOGIES,
     "Lung Lesion",
     "Fracture",
     "Lung Opacity",

@@ -36,7 +36,7 @@ from torch import Tensor, nn
 from models.autoencoder import AutoencoderConfig, ConvAutoencoder
 from models.classifier import ENCODER_STRIDE, ClassifierConfig, XRayClassifier
 from models.preprocessing import PreprocessSpec
-from service.registry import BATCH_DIM, INT8_SUFFIX, INTENDED_USE, Registry, check_name
+from service.registry import BATCH_DIM, INT8_SUFFIX, INTENDED_USE, Registry, check_name, sha256_file
 from training import common, evaluate
 from training.datasets import LabelledImages, preprocess_all
 from training.sources import SPEC_HELP, SplitPolicy, load_splits, parse_spec
@@ -542,7 +542,7 @@ def export_checkpoint(
         )
     names = output_names(kind, reconstruction)
     graph = build_graph(checkpoint, reconstruction)
-    checkpoint_sha = common.file_sha256(checkpoint_path)
+    checkpoint_sha = sha256_file(checkpoint_path)
     data = load_export_data(
         checkpoint,
         spec,
