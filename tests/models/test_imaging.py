@@ -43,8 +43,9 @@ from models.imaging import (
     from_array,
     sniff_format,
 )
+from tests.conftest import SHARED_DATA
 
-DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+DATA = SHARED_DATA
 DICOM_DIR = DATA / "dicom"
 NIH_DIR = DATA / "nih1000"
 needs_data = pytest.mark.skipif(

@@ -13,6 +13,7 @@ import torch
 from models.imaging import decode_file
 from models.labels import ABNORMAL, NIH_PATHOLOGIES, PHANTOM_FINDINGS
 from models.preprocessing import PreprocessSpec, preprocess
+from tests.conftest import SHARED_DATA
 from training.augment import AugmentConfig, RandomRadiographAugment
 from training.datasets import (
     CHEXPERT_COLUMNS,
@@ -31,7 +32,7 @@ from training.datasets import (
     preprocess_all,
 )
 
-DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+DATA = SHARED_DATA
 NIH = DATA / "nih1000"
 NIH_CSV = NIH / "Data_Entry_subset.csv"
 NIH_FULL_CSV = DATA / "nih-labels" / "Data_Entry_2017_v2020.csv.gz"
