@@ -15,7 +15,24 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader
 
+from models.preprocessing import PreprocessSpec
+
 CHECKPOINT_FORMAT = 1
+
+
+def add_preprocess_arguments(group) -> None:
+    """The PreprocessSpec flags every trainer shares (the size stays per trainer: its default differs)."""
+    group.add_argument("--resize", choices=("letterbox", "crop", "stretch"), default="letterbox", help="resize policy")
+    group.add_argument(
+        "--normalisation",
+        choices=("percentile", "minmax", "histeq", "none"),
+        default="percentile",
+        help="per-image intensity normalisation",
+    )
+
+
+def spec_from_args(args) -> PreprocessSpec:
+    return PreprocessSpec(size=args.input_size, resize=args.resize, normalisation=args.normalisation)
 
 
 def select_device(name: str = "auto") -> torch.device:

@@ -362,6 +362,7 @@ def _split_policy(args: dict[str, Any]) -> SplitPolicy:
         views=tuple(args.get("views") or ()),
         phantom_size=int(args.get("input_size", 128)),
         uncertain=str(args.get("uncertain", "ignore")),
+        test_images_under=Path(args["test_images_under"]) if args.get("test_images_under") else None,
     )
 
 

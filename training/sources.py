@@ -36,6 +36,7 @@ class SplitPolicy:
     views: tuple[str, ...] = ()
     phantom_size: int = 128
     uncertain: str = "ignore"  # CheXpert's -1 labels: ignore (missing) | positive | negative
+    test_images_under: Path | None = None  # hold out every patient with an image under this folder as the test split
 
 
 def parse_spec(spec: str) -> tuple[str, str, str | None]:
@@ -74,8 +75,33 @@ def _source_splits(spec: str, policy: SplitPolicy) -> dict[str, LabelledImages]:
     data = _load_unsplit(kind, Path(path), Path(image_root) if image_root else None, policy)
     if policy.views:
         data = datasets.filter_views(data, policy.views)
+    if policy.test_images_under is not None:
+        return _split_around_test_folder(data, policy)
     fractions = (1.0 - policy.val_fraction - policy.test_fraction, policy.val_fraction, policy.test_fraction)
     return datasets.patient_split(data, fractions=fractions, seed=policy.seed)
+
+
+def _split_around_test_folder(data: LabelledImages, policy: SplitPolicy) -> dict[str, LabelledImages]:
+    """A published test folder stays the test split, widened to every image of its patients (nih1000's folders
+    leak patients); the other patients are split into train/val."""
+    root = Path(policy.test_images_under).resolve()
+    paths = data.paths
+    if paths is None:
+        raise ValueError(f"expected a file-based data set to hold out {root}, got in-memory images ({data.source})")
+    in_folder = np.array([root in Path(p).resolve().parents for p in paths])
+    if not in_folder.any():
+        raise ValueError(f"expected some images of {data.source} under {root}, found none")
+    if data.patient_ids is None:
+        is_test = in_folder
+    else:
+        is_test = np.isin(data.patient_ids, data.patient_ids[in_folder])
+    rest = data.subset(np.flatnonzero(~is_test))
+    val_fraction = policy.val_fraction / max(1e-9, 1.0 - policy.test_fraction)
+    splits = datasets.patient_split(rest, fractions=(1.0 - val_fraction, val_fraction, 0.0), seed=policy.seed)
+    test = data.subset(np.flatnonzero(is_test))
+    test.notes = {**data.notes, "split": {"name": "test", "held_out_folder": str(root), "patients_of_folder": True}}
+    splits["test"] = test
+    return splits
 
 
 def _load_unsplit(kind: str, path: Path, image_root: Path | None, policy: SplitPolicy) -> LabelledImages:

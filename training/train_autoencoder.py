@@ -22,7 +22,6 @@ from tqdm import tqdm
 
 from models.autoencoder import AutoencoderConfig, ConvAutoencoder
 from models.classifier import BACKBONES
-from models.preprocessing import PreprocessSpec
 from training import calibrate, common
 from training.augment import AugmentConfig, RandomRadiographAugment
 from training.datasets import ImageTensorDataset
@@ -40,19 +39,16 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--val-fraction", type=float, default=0.15, help="patients held out to set the threshold")
     parser.add_argument("--test-fraction", type=float, default=0.0, help="patients held out for a final check")
     parser.add_argument("--split-seed", type=int, default=0, help="seed of the patient-level split")
+    parser.add_argument(
+        "--test-images-under", type=Path, default=None, help="hold out every patient with an image under this folder"
+    )
     parser.add_argument("--backbone", choices=BACKBONES, default="small_cnn", help="encoder (same as classifiers)")
     parser.add_argument("--width", type=int, default=32, help="base width of small_cnn")
     parser.add_argument("--input-size", type=int, default=64, help="square input size in pixels")
     parser.add_argument("--bottleneck", type=int, default=64, help="size k of the code")
     parser.add_argument("--noise-std", type=float, default=0.0, help="denoising: Gaussian noise std on the input")
     parser.add_argument("--mask-prob", type=float, default=0.0, help="denoising: fraction of 8x8 patches zeroed")
-    parser.add_argument("--resize", choices=("letterbox", "crop", "stretch"), default="letterbox", help="resize policy")
-    parser.add_argument(
-        "--normalisation",
-        choices=("percentile", "minmax", "histeq", "none"),
-        default="percentile",
-        help="per-image intensity normalisation",
-    )
+    common.add_preprocess_arguments(parser)
     parser.add_argument("--epochs", type=int, default=30, help="training epochs")
     parser.add_argument("--batch-size", type=int, default=64, help="images per step")
     parser.add_argument("--lr", type=float, default=2e-3, help="AdamW peak learning rate (cosine schedule)")
@@ -77,11 +73,13 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     out_dir = Path(args.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    policy = SplitPolicy(args.val_fraction, args.test_fraction, args.split_seed, (), args.input_size)
+    policy = SplitPolicy(
+        args.val_fraction, args.test_fraction, args.split_seed, (), args.input_size, "ignore", args.test_images_under
+    )
     splits = load_splits(args.data, policy)
     if len(splits["val"]) == 0:
         raise ValueError("expected a non-empty validation split: the outlier threshold is set on it")
-    spec = PreprocessSpec(size=args.input_size, resize=args.resize, normalisation=args.normalisation)
+    spec = common.spec_from_args(args)
     config = AutoencoderConfig(
         backbone=args.backbone,
         input_size=args.input_size,

@@ -23,7 +23,6 @@ import torch
 from tqdm import tqdm
 
 from models.classifier import BACKBONES, ClassifierConfig, XRayClassifier, load_encoder_weights
-from models.preprocessing import PreprocessSpec
 from training import calibrate, common, evaluate
 from training.augment import AugmentConfig, RandomRadiographAugment
 from training.datasets import ImageTensorDataset, positive_weights
@@ -52,19 +51,19 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         default="ignore",
         help="CheXpert uncertain (-1) labels: missing, U-Ones or U-Zeros",
     )
+    data.add_argument(
+        "--test-images-under",
+        type=Path,
+        default=None,
+        help="hold out every patient with an image under this folder as the test split (e.g. a published test set)",
+    )
     data.add_argument("--views", type=_comma_list, default=(), help="keep only these view positions, e.g. PA,AP")
     model = parser.add_argument_group("model")
     model.add_argument("--backbone", choices=BACKBONES, default="small_cnn", help="encoder architecture")
     model.add_argument("--width", type=int, default=32, help="base width of small_cnn")
     model.add_argument("--input-size", type=int, default=128, help="square input size in pixels")
     model.add_argument("--dropout", type=float, default=0.0, help="dropout before the heads")
-    model.add_argument("--resize", choices=("letterbox", "crop", "stretch"), default="letterbox", help="resize policy")
-    model.add_argument(
-        "--normalisation",
-        choices=("percentile", "minmax", "histeq", "none"),
-        default="percentile",
-        help="per-image intensity normalisation",
-    )
+    common.add_preprocess_arguments(model)
     model.add_argument(
         "--init-from",
         type=Path,
@@ -118,14 +117,20 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     out_dir.mkdir(parents=True, exist_ok=True)
 
     policy = SplitPolicy(
-        args.val_fraction, args.test_fraction, args.split_seed, tuple(args.views), args.input_size, args.uncertain
+        args.val_fraction,
+        args.test_fraction,
+        args.split_seed,
+        tuple(args.views),
+        args.input_size,
+        args.uncertain,
+        args.test_images_under,
     )
     splits = load_splits(args.data, policy)
     labels = choose_labels(splits["train"], args.labels, args.min_positives)
     splits = {name: split.select_labels(labels) for name, split in splits.items()}
     if len(splits["val"]) == 0:
         raise ValueError("expected a non-empty validation split (needed for early stopping and calibration)")
-    spec = PreprocessSpec(size=args.input_size, resize=args.resize, normalisation=args.normalisation)
+    spec = common.spec_from_args(args)
     config = ClassifierConfig(
         labels=labels, backbone=args.backbone, input_size=args.input_size, width=args.width, dropout=args.dropout
     )
