@@ -1,0 +1,73 @@
+"""The default model set shipped in registry/ loads, verifies and scores held-out real radiographs (no training)."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from models.imaging import decode_file
+from models.preprocessing import PreprocessSpec, preprocess
+from service.registry import Registry
+from tests.conftest import PROJECT_ROOT, require_shared
+from training import datasets, evaluate
+
+SHIPPED = Registry(PROJECT_ROOT / "registry")
+
+
+def _session(path) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def _model_set():
+    if not SHIPPED.list_models():
+        pytest.fail("registry/ ships no models: run `make default-models` and commit registry/")
+    return SHIPPED.model_set("production")
+
+
+def test_shipped_manifests_state_provenance_metrics_and_use() -> None:
+    model_set = _model_set()
+    assert model_set.autoencoder is not None
+    for model in model_set.models():
+        manifest = model.manifest
+        assert manifest.intended_use == "research use only"
+        assert "CC0" in manifest.provenance
+        assert manifest.data["input_size"] == PreprocessSpec.from_dict(manifest.preprocess).size
+    classifier = model_set.classifier.manifest
+    assert "CC BY 4.0" in classifier.provenance  # PneumoniaMNIST, with attribution
+    assert set(classifier.thresholds) == set(classifier.labels)
+    held_out = {m["label"]: m["auroc"] for m in classifier.metrics["labels"]}
+    assert set(held_out) == set(classifier.labels)
+    size = sum(f.stat().st_size for f in (PROJECT_ROOT / "registry").rglob("*") if f.is_file())
+    assert size <= 20 * 1024 * 1024, f"registry/ is {size / 2**20:.1f} MB, the limit is 20 MB"
+
+
+def test_shipped_classifier_scores_the_nih1000_test_folder() -> None:
+    csv = require_shared("nih1000", "Data_Entry_subset.csv")
+    test_folder = csv.parent / "test"
+    classifier = _model_set().classifier
+    table = datasets.nih_chestxray14(csv, csv.parent)
+    rows = [i for i, path in enumerate(table.paths) if test_folder in path.parents]
+    held_out = table.subset(rows)
+    spec = PreprocessSpec.from_dict(classifier.manifest.preprocess)
+    x = np.stack([preprocess(decode_file(path), spec) for path in held_out.paths])
+    probabilities = _session(classifier.path).run(["probabilities"], {"input": x})[0]
+    labels = list(classifier.manifest.labels)
+    truth = held_out.select_labels(labels).labels
+    aurocs = {name: evaluate.auroc(truth[:, k], probabilities[:, k]) for k, name in enumerate(labels)}
+    scored = {name: value for name, value in aurocs.items() if value is not None}
+    mean = float(np.mean(list(scored.values())))
+    print(f"shipped classifier on {len(rows)} nih1000/test images: mean AUROC {mean:.3f} {scored}")
+    assert mean >= 0.60
+
+
+def test_shipped_outlier_gate_passes_held_out_chest_films() -> None:
+    csv = require_shared("nih1000", "Data_Entry_subset.csv")
+    autoencoder = _model_set().autoencoder
+    spec = PreprocessSpec.from_dict(autoencoder.manifest.preprocess)
+    paths = sorted((csv.parent / "test").rglob("*.png"))
+    x = np.stack([preprocess(decode_file(path), spec) for path in paths])
+    errors = _session(autoencoder.path).run(["error"], {"input": x})[0]
+    assert np.mean(errors > autoencoder.manifest.outlier_threshold) <= 0.05
