@@ -732,7 +732,18 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         add_help=add_help,
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("checkpoint", type=Path, help="a model.ckpt written by `xray train classifier|autoencoder`")
+    parser.add_argument(
+        "checkpoint", type=Path, nargs="?", help="a model.ckpt written by `xray train classifier|autoencoder`"
+    )
+    parser.add_argument(
+        "--from-torchxrayvision",
+        metavar="XRV_NAME",
+        default=None,
+        help="convert a torchxrayvision model instead (e.g. densenet121-res224-all; needs the xrv extra)",
+    )
+    parser.add_argument(
+        "--xrv-no-weights", action="store_true", help="build the xrv architecture without downloading its weights"
+    )
     parser.add_argument("--name", required=True, help="registry model name (the int8 variant is NAME-int8)")
     parser.add_argument("--registry", type=Path, default=get_settings().registry_dir, help="registry root folder")
     parser.add_argument(
@@ -797,8 +808,28 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     if args.threads:
         torch.set_num_threads(args.threads)
     log = (lambda *_a, **_k: None) if args.quiet else print
+    if (args.checkpoint is None) == (args.from_torchxrayvision is None):
+        raise ValueError("expected either a CHECKPOINT or --from-torchxrayvision NAME, not both or neither")
+    with tempfile.TemporaryDirectory(prefix="xray-xrv-") as tmp:
+        checkpoint, provenance = args.checkpoint, args.provenance
+        if args.from_torchxrayvision is not None:
+            if not args.calibration_data:
+                raise ValueError("--from-torchxrayvision needs --calibration-data: real images for the parity check")
+            from training import xrv_import
+
+            download = not args.xrv_no_weights
+            checkpoint = xrv_import.convert(
+                args.from_torchxrayvision, Path(tmp) / "xrv.ckpt", download_weights=download
+            )
+            provenance = " ".join(
+                filter(None, [xrv_import.provenance(args.from_torchxrayvision, download), provenance])
+            )
+        return _export_and_report(args, checkpoint, provenance, log)
+
+
+def _export_and_report(args: argparse.Namespace, checkpoint: Path, provenance: str | None, log) -> dict[str, Any]:
     report = export_checkpoint(
-        args.checkpoint,
+        checkpoint,
         args.name,
         Registry(args.registry),
         int8=args.int8,
@@ -813,7 +844,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         max_auroc_drop=args.max_auroc_drop,
         min_error_correlation=args.min_error_correlation,
         max_batch_size=args.max_batch_size,
-        provenance=args.provenance,
+        provenance=provenance,
         promote=args.promote,
         threads=max(1, args.threads),
         benchmark_batch=args.benchmark_batch,
