@@ -130,22 +130,22 @@ def resize_square(x: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
     h, w = x.shape
     size = spec.size
     if spec.resize == "stretch":
-        return _resample(x, size, size, spec.interpolation)
+        return resample(x, size, size, spec.interpolation)
     if spec.resize == "crop":
         side = min(h, w)
         top, left = (h - side) // 2, (w - side) // 2
-        return _resample(x[top : top + side, left : left + side], size, size, spec.interpolation)
+        return resample(x[top : top + side, left : left + side], size, size, spec.interpolation)
     # letterbox: fit the long side, pad the short side symmetrically
     scale = size / max(h, w)
     new_h, new_w = max(1, round(h * scale)), max(1, round(w * scale))
-    resized = _resample(x, new_h, new_w, spec.interpolation)
+    resized = resample(x, new_h, new_w, spec.interpolation)
     out = np.full((size, size), np.float32(spec.pad_value), dtype=np.float32)
     top, left = (size - new_h) // 2, (size - new_w) // 2
     out[top : top + new_h, left : left + new_w] = resized
     return out
 
 
-def _resample(x: np.ndarray, out_h: int, out_w: int, interpolation: Interpolation) -> np.ndarray:
+def resample(x: np.ndarray, out_h: int, out_w: int, interpolation: Interpolation) -> np.ndarray:
     """Separable resampling as two matrix products: out = Wy @ x @ Wx.T (antialiased, like Pillow's filters)."""
     if x.shape == (out_h, out_w):
         return x.astype(np.float32, copy=True)
@@ -175,3 +175,30 @@ def _weights(n_in: int, n_out: int, interpolation: Interpolation) -> np.ndarray:
     result = (weights / sums).astype(np.float32)
     result.setflags(write=False)
     return result
+
+
+def map_to_image(square: np.ndarray, height: int, width: int, spec: PreprocessSpec) -> np.ndarray:
+    """Undo `resize_square`'s geometry for a map over the model input (e.g. an upsampled CAM).
+
+    `square` is (s, s) over the model's (size, size) input at any resolution s; returns (height, width) float32 in
+    the image's own pixel grid. Regions the model never saw (cut off by "crop") are NaN.
+    """
+    square = np.asarray(square, dtype=np.float32)
+    if square.ndim != 2 or square.shape[0] != square.shape[1]:
+        raise ValueError(f"expected a square 2-D map, got shape {square.shape}")
+    if spec.resize == "stretch":
+        return resample(square, height, width, "bilinear")
+    if spec.resize == "crop":
+        side = min(height, width)
+        top, left = (height - side) // 2, (width - side) // 2
+        out = np.full((height, width), np.nan, dtype=np.float32)
+        out[top : top + side, left : left + side] = resample(square, side, side, "bilinear")
+        return out
+    # letterbox: the content occupies a centred (new_h, new_w) window of the (size, size) input
+    size = spec.size
+    scale = size / max(height, width)
+    new_h, new_w = max(1, round(height * scale)), max(1, round(width * scale))
+    top, left = (size - new_h) // 2, (size - new_w) // 2
+    over_input = resample(square, size, size, "bilinear")  # (size, size), same grid as the model input
+    content = over_input[top : top + new_h, left : left + new_w]
+    return resample(content, height, width, "bilinear")

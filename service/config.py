@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Annotated, Literal
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
@@ -19,11 +20,42 @@ class Settings(BaseSettings):
     shared_data_dir: Path = Field(
         default=PROJECT_ROOT.parent / "shared" / "data", description="real data sets used by the demo and tests"
     )
+    # -- serving ---------------------------------------------------------------------------------------------
     host: str = "127.0.0.1"
     port: int = 8000
+    workers: int = Field(default=1, ge=1, description="CPU worker processes (one per GPU when GPUs exist)")
+    model_alias: str = Field(default="production", description="registry alias the service serves")
+    precision: Literal["auto", "fp32", "int8"] = Field(
+        default="auto", description="auto: the int8 variant on CPU when the registry has one, fp32 on GPU"
+    )
+    providers: Literal["auto", "cpu", "cuda", "tensorrt"] = Field(
+        default="auto", description="auto tries CUDA then CPU; tensorrt tries TensorRT, CUDA, CPU"
+    )
+    intra_op_threads: int = Field(default=0, ge=0, description="ONNX Runtime threads per session (0 = its default)")
+    inter_op_threads: int = Field(default=1, ge=0, description="ONNX Runtime inter-op threads (0 = its default)")
+    decode_threads: int = Field(default=2, ge=1, description="threads that decode and preprocess uploads")
+    max_batch_size: int = Field(default=16, ge=1, description="micro-batcher: largest batch sent to a session")
+    max_batch_delay_ms: float = Field(default=5.0, ge=0, description="micro-batcher: longest wait to fill a batch")
+    max_queue: int = Field(default=256, ge=1, description="micro-batcher: queued images before answering 503")
+    retry_after_s: int = Field(default=1, ge=1, description="Retry-After sent with 503 when the queue is full")
     max_upload_bytes: int = Field(default=64 * 1024 * 1024, description="larger uploads are refused with 413")
     max_pixels: int = Field(default=50_000_000, description="pixel-count limit checked from the image header")
+    ready_timeout_s: float = Field(default=5.0, gt=0, description="/readyz fails when a zero image takes longer")
+    heatmap_max_side: int = Field(default=512, ge=32, description="longest side of heatmap overlay PNGs")
+    api_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="comma-separated 'scope:sha256hex' entries (scope admin or user); empty = no authentication. "
+        "`xray keys new --scope admin` makes a key and its entry",
+    )
     log_level: str = "INFO"
+    log_json: bool = Field(default=True, description="structured JSON log lines (false: plain text)")
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
 
 
 @lru_cache

@@ -1,0 +1,63 @@
+"""create_app(settings): the FastAPI application. The lifespan loads the registry's model set, opens and warms the
+ONNX Runtime sessions and starts the micro-batchers; shutdown drains them."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from service.config import Settings, get_settings
+from service.errors import install_error_handlers
+from service.logs import configure_logging
+from service.metrics import ServiceMetrics
+from service.middleware import RequestContextMiddleware
+from service.routes import health, models, predict
+from service.security import KeyRing
+from service.state import ModelManager
+
+log = logging.getLogger("service.app")
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    configure_logging(settings.log_level, settings.log_json)
+    keyring = KeyRing.parse(settings.api_keys)  # a malformed XRAY_API_KEYS stops startup, not the first request
+    metrics = ServiceMetrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.decode_pool = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="decode")
+        manager = app.state.manager
+        if not keyring.enabled:
+            log.warning("no API keys configured (XRAY_API_KEYS): every endpoint is open")
+        await manager.start()
+        try:
+            yield
+        finally:
+            await manager.close()
+            app.state.decode_pool.shutdown(wait=True)
+
+    app = FastAPI(
+        title="X-ray abnormality detection",
+        version="0.1.0",
+        description="Scores chest radiographs (PNG, JPEG, DICOM) with the registry's models. Research use only.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.keyring = keyring
+    app.state.metrics = metrics
+    app.state.manager = ModelManager(settings, metrics)
+    install_error_handlers(app)
+    app.add_middleware(RequestContextMiddleware, metrics=metrics, max_upload_bytes=settings.max_upload_bytes)
+    for router in (health.router, models.router, predict.router):
+        app.include_router(router)
+    return app
+
+
+def app_factory() -> FastAPI:
+    """Entry point for `uvicorn --factory service.app:app_factory` (each worker process builds its own app)."""
+    return create_app()

@@ -1,0 +1,57 @@
+"""FastAPI dependencies shared by the routers: settings, the model manager, the decode pool, API-key scopes."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Header, Request
+
+from service.config import Settings
+from service.errors import ProblemError
+from service.security import KeyRing, Scope, presented_key
+from service.state import ModelManager
+
+
+def get_app_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def get_manager(request: Request) -> ModelManager:
+    return request.app.state.manager
+
+
+SettingsDep = Annotated[Settings, Depends(get_app_settings)]
+ManagerDep = Annotated[ModelManager, Depends(get_manager)]
+
+
+def _require(needed: Scope):
+    async def check(
+        request: Request,
+        authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
+        x_api_key: Annotated[str | None, Header(include_in_schema=False)] = None,
+    ) -> Scope | None:
+        ring: KeyRing = request.app.state.keyring
+        if not ring.enabled:
+            return None
+        key = presented_key(authorization, x_api_key)
+        if key is None:
+            raise ProblemError(
+                401,
+                "missing_api_key",
+                "expected an API key in 'Authorization: Bearer KEY' or 'X-API-Key: KEY'",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+        scope = ring.scope_of(key)
+        if scope is None:
+            raise ProblemError(
+                401, "invalid_api_key", "the API key is not known", headers={"WWW-Authenticate": "Bearer"}
+            )
+        if needed == "admin" and scope != "admin":
+            raise ProblemError(403, "forbidden", "this endpoint needs an admin key; the key presented is a user key")
+        return scope
+
+    return check
+
+
+UserDep = Depends(_require("user"))
+AdminDep = Depends(_require("admin"))

@@ -1,0 +1,69 @@
+"""Prometheus metrics, one registry per app (tests build many apps in one process).
+
+With several worker processes each process answers /metrics for itself; scrape each worker, or put them behind
+separate ports. The `worker` label tells them apart.
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0)
+INFERENCE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+
+
+class ServiceMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        worker = {"worker": str(os.getpid())}
+        self.requests = Counter(
+            "xray_http_requests",
+            "HTTP requests by route and status",
+            ["route", "method", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "xray_http_request_seconds",
+            "HTTP request latency",
+            ["route"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.batch_size = Histogram(
+            "xray_batch_size", "images per session run", ["model"], buckets=BATCH_BUCKETS, registry=self.registry
+        )
+        self.inference = Histogram(
+            "xray_inference_seconds",
+            "session run time per batch",
+            ["model"],
+            buckets=INFERENCE_BUCKETS,
+            registry=self.registry,
+        )
+        self.queue_depth = Gauge("xray_queue_depth", "images waiting for inference", ["model"], registry=self.registry)
+        self.predictions = Counter(
+            "xray_predictions", "predictions by outlier verdict", ["verdict"], registry=self.registry
+        )
+        self.rejected = Counter(
+            "xray_queue_rejections", "requests refused with 503 because the queue was full", registry=self.registry
+        )
+        self.stage = Histogram(
+            "xray_stage_seconds", "time per pipeline stage", ["stage"], buckets=LATENCY_BUCKETS, registry=self.registry
+        )
+        self.info = Gauge("xray_worker_info", "this worker process", list(worker), registry=self.registry)
+        self.info.labels(**worker).set(1)
+        self.model_info = Gauge(
+            "xray_model_loaded",
+            "models the worker serves",
+            ["role", "name", "version", "precision", "device"],
+            registry=self.registry,
+        )
+
+    def observe_batch(self, model: str, size: int, seconds: float) -> None:
+        self.batch_size.labels(model).observe(size)
+        self.inference.labels(model).observe(seconds)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

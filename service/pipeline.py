@@ -1,0 +1,323 @@
+"""decode -> preprocess -> micro-batched sessions -> postprocess (thresholds, outlier gate, CAM -> heatmap).
+
+A `Pipeline` is one loaded model set. Requests enter it through `ModelManager.acquire()` (service.state), which
+counts them, so a reload can retire an old pipeline only after its last request has finished.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+
+from models.imaging import Radiograph, decode
+from models.preprocessing import PreprocessSpec, preprocess
+from service import heatmaps
+from service.batching import MicroBatcher
+from service.config import Settings
+from service.engine import CPU, ModelSession, open_session, requested_providers
+from service.metrics import ServiceMetrics
+from service.registry import INTENDED_USE, ModelSet, ResolvedModel
+
+ABNORMAL_LABEL = "Abnormal"
+RADIOGRAPH_MODALITIES = frozenset({"CR", "DX", "RG", "DR"})  # projection radiography; DR is a legacy value
+
+
+class UnknownLabelError(ValueError):
+    pass
+
+
+@dataclass
+class Prepared:
+    film: Radiograph | None  # None for the readiness probe
+    inputs: dict[str, np.ndarray]  # spec JSON -> (1, S, S)
+    decode_ms: float
+    preprocess_ms: float
+
+
+def _choose_model(
+    fp32: ResolvedModel, int8: ResolvedModel | None, settings: Settings, wanted_first: str
+) -> ResolvedModel:
+    """int8 when asked for, or on CPU under "auto" (about 2x faster at the same AUROC, see the manifests)."""
+    if settings.precision == "int8":
+        if int8 is None:
+            raise FileNotFoundError(f"XRAY_PRECISION=int8 but the registry has no int8 variant of {fp32.ref}")
+        return int8
+    if settings.precision == "auto" and int8 is not None and wanted_first == CPU:
+        return int8
+    return fp32
+
+
+def _load_session(fp32: ResolvedModel, int8: ResolvedModel | None, settings: Settings) -> ModelSession:
+    kwargs = {
+        "providers": settings.providers,
+        "intra_op_threads": settings.intra_op_threads,
+        "inter_op_threads": settings.inter_op_threads,
+    }
+    wanted_first = requested_providers(settings.providers)[0]
+    session = open_session(_choose_model(fp32, int8, settings, wanted_first), **kwargs)
+    # asked for a GPU but the session fell back to the CPU: the int8 variant is the better CPU model
+    if session.device == "cpu" and wanted_first != CPU and settings.precision == "auto" and int8 is not None:
+        session = open_session(int8, **kwargs)
+    session.warm_up()
+    return session
+
+
+class Pipeline:
+    def __init__(
+        self,
+        model_set: ModelSet,
+        classifier: ModelSession,
+        autoencoder: ModelSession | None,
+        settings: Settings,
+        metrics: ServiceMetrics,
+    ) -> None:
+        self.model_set = model_set
+        self.classifier = classifier
+        self.autoencoder = autoencoder
+        self.settings = settings
+        self.metrics = metrics
+        manifest = classifier.model.manifest
+        self.labels: list[str] = list(manifest.labels)
+        self.thresholds = {label: float(manifest.thresholds.get(label, 0.5)) for label in self.labels}
+        self.cam_output: str | None = (manifest.cam or {}).get("output")
+        self.specs = {"classifier": PreprocessSpec.from_dict(manifest.preprocess)}
+        if autoencoder is not None:
+            self.specs["autoencoder"] = PreprocessSpec.from_dict(autoencoder.model.manifest.preprocess)
+        self.inflight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._batchers: dict[str, MicroBatcher] = {}
+
+    # -- life cycle -------------------------------------------------------------------------------------------
+    @classmethod
+    def load(cls, model_set: ModelSet, settings: Settings, metrics: ServiceMetrics) -> Pipeline:
+        """Open and warm every session (blocking: call it from a thread)."""
+        classifier = _load_session(model_set.classifier, model_set.classifier_int8, settings)
+        autoencoder = None
+        if model_set.autoencoder is not None:
+            autoencoder = _load_session(model_set.autoencoder, model_set.autoencoder_int8, settings)
+        return cls(model_set, classifier, autoencoder, settings, metrics)
+
+    def sessions(self) -> dict[str, ModelSession]:
+        found = {"classifier": self.classifier}
+        if self.autoencoder is not None:
+            found["autoencoder"] = self.autoencoder
+        return found
+
+    def start(self) -> None:
+        for role, session in self.sessions().items():
+            ref = session.model.ref
+
+            def observe(size: int, seconds: float, ref: str = ref) -> None:
+                self.metrics.observe_batch(ref, size, seconds)
+
+            batcher = MicroBatcher(
+                ref,
+                session.run,
+                max_batch_size=min(self.settings.max_batch_size, session.model.manifest.max_batch_size),
+                max_delay_s=self.settings.max_batch_delay_ms / 1000.0,
+                max_queue=self.settings.max_queue,
+                observe=observe,
+            )
+            batcher.start()
+            self._batchers[role] = batcher
+            manifest = session.model.manifest
+            self.metrics.model_info.labels(
+                role, session.model.name, str(session.model.version), manifest.precision, session.device
+            ).set(1)
+
+    async def close(self) -> None:
+        """Wait for the requests inside this pipeline to finish, then stop its batchers."""
+        await self._idle.wait()
+        for role, batcher in self._batchers.items():
+            await batcher.close()
+            session = self.sessions()[role]
+            manifest = session.model.manifest
+            self.metrics.model_info.remove(
+                role, session.model.name, str(session.model.version), manifest.precision, session.device
+            )
+
+    def enter(self) -> None:
+        self.inflight += 1
+        self._idle.clear()
+
+    def leave(self) -> None:
+        self.inflight -= 1
+        if self.inflight == 0:
+            self._idle.set()
+
+    def queue_depths(self) -> dict[str, int]:
+        return {self.sessions()[role].model.ref: b.depth for role, b in self._batchers.items()}
+
+    def describe(self) -> dict:
+        return {
+            "alias": self.model_set.alias,
+            "models": {role: session.describe() for role, session in self.sessions().items()},
+        }
+
+    # -- request path -----------------------------------------------------------------------------------------
+    def prepare(self, data: bytes) -> Prepared:
+        """Decode and preprocess once per distinct spec (blocking: runs in the decode thread pool)."""
+        start = time.perf_counter()
+        film = decode(data, max_pixels=self.settings.max_pixels)
+        decoded = time.perf_counter()
+        inputs: dict[str, np.ndarray] = {}
+        for spec in self.specs.values():
+            key = spec.to_json()
+            if key not in inputs:
+                inputs[key] = preprocess(film, spec)
+        done = time.perf_counter()
+        return Prepared(film, inputs, (decoded - start) * 1e3, (done - decoded) * 1e3)
+
+    async def infer(self, prepared: Prepared) -> dict[str, dict[str, np.ndarray]]:
+        """Submit the image to every model's batcher at once; all or nothing."""
+        tasks = {
+            role: asyncio.ensure_future(self._batchers[role].submit(prepared.inputs[self.specs[role].to_json()]))
+            for role in self._batchers
+        }
+        try:
+            await asyncio.gather(*tasks.values())
+        except BaseException:
+            for task in tasks.values():
+                task.cancel()
+            raise
+        return {role: task.result() for role, task in tasks.items()}
+
+    async def probe(self) -> None:
+        """A zero image through every batcher and session, exactly as an upload travels (for /readyz)."""
+        inputs = {spec.to_json(): np.zeros((1, spec.size, spec.size), dtype=np.float32) for spec in self.specs.values()}
+        await self.infer(Prepared(film=None, inputs=inputs, decode_ms=0.0, preprocess_ms=0.0))
+
+    async def predict(
+        self, data: bytes, decode_pool: ThreadPoolExecutor, *, heatmap_labels: list[str] | None = None
+    ) -> tuple[dict, dict[str, bytes]]:
+        """-> (the JSON-able prediction, {label: overlay PNG} for the labels asked for)."""
+        for label in heatmap_labels or []:
+            if label not in self.labels:
+                raise UnknownLabelError(f"expected a heatmap label in {self.labels}, got {label!r}")
+        loop = asyncio.get_running_loop()
+        start = time.perf_counter()
+        prepared = await loop.run_in_executor(decode_pool, self.prepare, data)
+        self.metrics.stage.labels("decode").observe(prepared.decode_ms / 1e3)
+        self.metrics.stage.labels("preprocess").observe(prepared.preprocess_ms / 1e3)
+        inferred_at = time.perf_counter()
+        outputs = await self.infer(prepared)
+        infer_ms = (time.perf_counter() - inferred_at) * 1e3
+        self.metrics.stage.labels("inference").observe(infer_ms / 1e3)
+        overlays: dict[str, bytes] = {}
+        heatmap_ms = 0.0
+        if heatmap_labels:
+            cams = outputs["classifier"][self.cam_output] if self.cam_output else None
+            if cams is None:
+                raise UnknownLabelError(f"{self.classifier.model.ref} exports no class activation maps")
+            heat_start = time.perf_counter()
+            overlays = await loop.run_in_executor(decode_pool, self._render, prepared.film, cams, heatmap_labels)
+            heatmap_ms = (time.perf_counter() - heat_start) * 1e3
+        result = self._postprocess(prepared, outputs)
+        result["timings_ms"] = {
+            "decode": round(prepared.decode_ms, 2),
+            "preprocess": round(prepared.preprocess_ms, 2),
+            "inference_incl_queue": round(infer_ms, 2),
+            "heatmaps": round(heatmap_ms, 2),
+            "total": round((time.perf_counter() - start) * 1e3, 2),
+        }
+        self.metrics.predictions.labels(result["outlier"]["verdict"]).inc()
+        return result, overlays
+
+    def _render(self, film: Radiograph, cams: np.ndarray, labels: list[str]) -> dict[str, bytes]:
+        display = heatmaps.film_for_display(film.pixels, self.settings.heatmap_max_side)
+        spec = self.specs["classifier"]
+        return {label: heatmaps.render_overlay(display, cams[self.labels.index(label)], spec) for label in labels}
+
+    def _postprocess(self, prepared: Prepared, outputs: dict[str, dict[str, np.ndarray]]) -> dict:
+        probabilities = outputs["classifier"]["probabilities"]  # (K,)
+        rows = [
+            {
+                "label": label,
+                "probability": round(float(probabilities[i]), 6),
+                "threshold": round(self.thresholds[label], 6),
+                "positive": bool(probabilities[i] >= self.thresholds[label]),
+            }
+            for i, label in enumerate(self.labels)
+        ]
+        findings = sorted((r for r in rows if r["label"] != ABNORMAL_LABEL), key=lambda r: -r["probability"])
+        abnormal = next((r for r in rows if r["label"] == ABNORMAL_LABEL), None)
+        if abnormal is None:  # no dedicated head: the most probable finding stands in, positive if any finding is
+            top = findings[0]
+            abnormal = {
+                "label": top["label"],
+                "probability": top["probability"],
+                "threshold": top["threshold"],
+                "positive": any(r["positive"] for r in findings),
+                "source": "max_finding",
+            }
+        else:
+            abnormal = {**abnormal, "source": "abnormal_head"}
+        outlier = self._outlier(outputs)
+        meta = prepared.film.meta
+        reasons = []
+        if outlier["verdict"] == "outlier":
+            reasons.append(
+                f"the image is unlike the chest radiographs the models were trained on: reconstruction error "
+                f"{outlier['score']:.4g} is above the outlier threshold {outlier['threshold']:.4g}"
+            )
+        if meta.modality and meta.modality.upper() not in RADIOGRAPH_MODALITIES:
+            reasons.append(
+                f"DICOM Modality is {meta.modality}; the models were trained on projection radiographs (CR/DX)"
+            )
+        image = {
+            key: getattr(meta, key)
+            for key in (
+                "format",
+                "modality",
+                "view_position",
+                "body_part",
+                "photometric",
+                "bits_stored",
+                "transfer_syntax",
+                "voi_source",
+            )
+        }
+        image.update(width=meta.width, height=meta.height)
+        return {
+            "models": {role: self._model_ref(session) for role, session in self.sessions().items()},
+            "alias": self.model_set.alias,
+            "image": image,
+            "outlier": outlier,
+            "reliability": {"status": "unreliable" if reasons else "reliable", "reasons": reasons},
+            "abnormal": abnormal,
+            "findings": findings,
+            "intended_use": INTENDED_USE,
+        }
+
+    def _outlier(self, outputs: dict[str, dict[str, np.ndarray]]) -> dict:
+        if self.autoencoder is None:
+            return {"score": None, "threshold": None, "verdict": "not_checked"}
+        manifest = self.autoencoder.model.manifest
+        score = float(np.asarray(outputs["autoencoder"][manifest.outputs[0].name]).reshape(-1)[0])
+        threshold = manifest.outlier_threshold
+        verdict = "outlier" if threshold is not None and score > threshold else "in_distribution"
+        return {"score": round(score, 6), "threshold": threshold, "verdict": verdict}
+
+    @staticmethod
+    def _model_ref(session: ModelSession) -> dict:
+        manifest = session.model.manifest
+        return {
+            "name": session.model.name,
+            "version": session.model.version,
+            "sha256": manifest.onnx_sha256,
+            "precision": manifest.precision,
+            "device": session.device,
+        }
+
+
+def encode_overlays(overlays: dict[str, bytes]) -> dict[str, dict]:
+    return {
+        label: {"media_type": "image/png", "encoding": "base64", "data": base64.b64encode(png).decode("ascii")}
+        for label, png in overlays.items()
+    }

@@ -1,0 +1,47 @@
+"""Liveness, readiness (a real zero image through every session) and Prometheus metrics."""
+
+from __future__ import annotations
+
+import asyncio
+
+from fastapi import APIRouter, Request, Response
+
+from service.batching import QueueFullError
+from service.dependencies import ManagerDep, SettingsDep
+from service.errors import problem_response
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz", summary="the process is alive")
+@router.get("/v2/health/live", include_in_schema=False)
+async def healthz() -> dict:
+    return {"status": "alive"}
+
+
+@router.get("/readyz", summary="models loaded, and a zero image just ran through each session", response_model=None)
+@router.get("/v2/health/ready", include_in_schema=False, response_model=None)
+async def readyz(manager: ManagerDep, settings: SettingsDep) -> Response | dict:
+    pipeline = manager.current
+    if pipeline is None:
+        return problem_response(503, "not_ready", manager.load_error or "the models are still loading")
+    try:
+        async with manager.acquire() as pipeline:
+            await asyncio.wait_for(pipeline.probe(), settings.ready_timeout_s)
+    except QueueFullError:
+        return problem_response(503, "queue_full", "ready, but every inference queue slot is taken")
+    except TimeoutError:
+        return problem_response(
+            503, "not_ready", f"a zero image did not come back from the sessions within {settings.ready_timeout_s} s"
+        )
+    return {"status": "ready", **pipeline.describe()}
+
+
+@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+async def metrics(request: Request) -> Response:
+    service_metrics = request.app.state.metrics
+    manager = request.app.state.manager
+    if manager.current is not None:
+        for ref, depth in manager.current.queue_depths().items():
+            service_metrics.queue_depth.labels(ref).set(depth)
+    return Response(service_metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")

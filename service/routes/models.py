@@ -1,0 +1,36 @@
+"""The models being served, and an atomic reload to the registry's current aliases."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from service.dependencies import AdminDep, ManagerDep, UserDep
+from service.errors import ProblemError
+
+router = APIRouter(prefix="/v1/models", tags=["models"])
+
+
+@router.get("", summary="models served now (name, version, sha256, labels, thresholds, device)", dependencies=[UserDep])
+async def list_models(manager: ManagerDep) -> dict:
+    async with manager.acquire() as pipeline:
+        described = pipeline.describe()
+        for role, session in pipeline.sessions().items():
+            manifest = session.model.manifest
+            described["models"][role].update(
+                thresholds=manifest.thresholds,
+                outlier_threshold=manifest.outlier_threshold,
+                metrics=manifest.metrics,
+                intended_use=manifest.intended_use,
+            )
+        return described
+
+
+@router.post("/reload", summary="load the registry's current aliases and swap atomically", dependencies=[AdminDep])
+async def reload_models(manager: ManagerDep) -> dict:
+    try:
+        before, after = await manager.reload()
+    except Exception as error:  # the old models keep serving
+        raise ProblemError(
+            409, "reload_failed", f"the registry's models could not be loaded; still serving the previous set: {error}"
+        ) from error
+    return {"status": "reloaded", "before": before, "after": after}

@@ -1,0 +1,142 @@
+"""POST /v1/predict (JSON, optional heatmaps) and POST /v1/predict/heatmap (one overlay PNG)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request, Response
+
+from models.imaging import sniff_format
+from service.batching import BatcherClosedError, QueueFullError
+from service.dependencies import ManagerDep, SettingsDep, UserDep
+from service.errors import ProblemError
+from service.pipeline import UnknownLabelError, encode_overlays
+from service.state import NotReadyError
+
+router = APIRouter(prefix="/v1/predict", tags=["predict"], dependencies=[UserDep])
+log = logging.getLogger("service.predict")
+
+RAW_TYPES = {"application/dicom": "dicom", "image/png": "png", "image/jpeg": "jpeg", "application/octet-stream": None}
+UPLOAD_DOC = {
+    "requestBody": {
+        "required": True,
+        "description": "the image: a multipart field `file`, or the raw bytes with their media type",
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {"file": {"type": "string", "format": "binary"}},
+                    "required": ["file"],
+                }
+            },
+            **{media: {"schema": {"type": "string", "format": "binary"}} for media in RAW_TYPES},
+        },
+    }
+}
+
+
+async def read_upload(request: Request) -> bytes:
+    """The image bytes from a multipart `file` field or a raw body; 415 for anything else."""
+    media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media == "multipart/form-data":
+        async with request.form(max_files=1, max_fields=8) as form:
+            upload = form.get("file")
+            if upload is None or isinstance(upload, str):
+                raise ProblemError(
+                    422, "missing_file", f"expected a multipart file field named 'file', got fields {sorted(form)}"
+                )
+            data = await upload.read()
+    elif media in RAW_TYPES:
+        data = await request.body()
+        declared, sniffed = RAW_TYPES[media], sniff_format(data)
+        if declared is not None and sniffed is not None and sniffed != declared:
+            raise ProblemError(
+                415, "content_type_mismatch", f"Content-Type says {media} but the bytes are {sniffed.upper()}"
+            )
+    else:
+        raise ProblemError(
+            415,
+            "unsupported_media_type",
+            f"expected multipart/form-data or a raw body of {', '.join(RAW_TYPES)}; got {media or 'no Content-Type'}",
+        )
+    if not data:
+        raise ProblemError(400, "empty_input", "expected image bytes (PNG, JPEG or DICOM), got 0 bytes")
+    return data
+
+
+async def run_prediction(request: Request, manager, heatmap_labels: list[str] | None) -> tuple[dict, dict[str, bytes]]:
+    data = await read_upload(request)
+    settings = request.app.state.settings
+    try:
+        async with manager.acquire() as pipeline:
+            if heatmap_labels == ["*"]:
+                heatmap_labels = list(pipeline.labels)
+            result, overlays = await pipeline.predict(
+                data, request.app.state.decode_pool, heatmap_labels=heatmap_labels
+            )
+    except QueueFullError as error:
+        request.app.state.metrics.rejected.inc()
+        raise ProblemError(
+            503, "queue_full", str(error), headers={"Retry-After": str(settings.retry_after_s)}
+        ) from error
+    except (NotReadyError, BatcherClosedError) as error:
+        raise ProblemError(
+            503, "not_ready", str(error), headers={"Retry-After": str(settings.retry_after_s)}
+        ) from error
+    except UnknownLabelError as error:
+        raise ProblemError(422, "unknown_label", str(error)) from error
+    request_id = request.state.request_id
+    log.info(
+        "prediction",
+        extra={
+            "request_id": request_id,
+            "format": result["image"]["format"],
+            "modality": result["image"]["modality"],
+            "width": result["image"]["width"],
+            "height": result["image"]["height"],
+            "outlier": result["outlier"]["verdict"],
+            "abnormal_positive": result["abnormal"]["positive"],
+            "total_ms": result["timings_ms"]["total"],
+        },
+    )
+    return {"request_id": request_id, **result}, overlays
+
+
+@router.post("", summary="score one radiograph (PNG, JPEG or DICOM)", openapi_extra=UPLOAD_DOC)
+async def predict(
+    request: Request,
+    manager: ManagerDep,
+    heatmaps: Annotated[bool, Query(description="add a heatmap overlay PNG (base64) for every label")] = False,
+) -> dict:
+    result, overlays = await run_prediction(request, manager, ["*"] if heatmaps else None)
+    if heatmaps:
+        result["heatmaps"] = encode_overlays(overlays)
+    return result
+
+
+@router.post(
+    "/heatmap",
+    summary="one label's heatmap overlay as a PNG",
+    openapi_extra=UPLOAD_DOC,
+    response_class=Response,
+    responses={200: {"content": {"image/png": {}}}},
+)
+async def predict_heatmap(
+    request: Request,
+    manager: ManagerDep,
+    settings: SettingsDep,
+    label: Annotated[str, Query(description="the label whose class activation map to draw")],
+) -> Response:
+    accept = request.headers.get("accept", "*/*").lower()
+    if not any(kind in accept for kind in ("image/png", "image/*", "*/*")):
+        raise ProblemError(406, "not_acceptable", f"this endpoint answers image/png; Accept was {accept!r}")
+    result, overlays = await run_prediction(request, manager, [label])
+    headers = {
+        "X-Model": f"{result['models']['classifier']['name']}@{result['models']['classifier']['version']}",
+        "X-Probability": str(
+            next(r["probability"] for r in [result["abnormal"], *result["findings"]] if r["label"] == label)
+        ),
+        "X-Reliability": result["reliability"]["status"],
+    }
+    return Response(overlays[label], media_type="image/png", headers=headers)
