@@ -189,6 +189,47 @@ def models_use(
     typer.echo(f"model set: classifier {data['classifier']}, autoencoder {data['autoencoder']}")
 
 
+@app.command("serve")
+def serve(
+    host: Annotated[str | None, typer.Option("--host", help="bind address (default: settings.host, 127.0.0.1)")] = None,
+    port: Annotated[int | None, typer.Option("--port", help="TCP port (default: settings.port, 8000)")] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            "--workers", min=1, help="CPU worker processes (default: settings.workers, 1); one per GPU when GPUs exist"
+        ),
+    ] = None,
+) -> None:
+    """Serve the registry's model set over HTTP (FastAPI + ONNX Runtime; no torch is imported)."""
+    from service.logs import configure_logging
+    from service.serve import serve as run_server
+
+    settings = get_settings()
+    configure_logging(settings.log_level, settings.log_json)
+    run_server(settings, host or settings.host, port or settings.port, workers or settings.workers)
+
+
+keys_app = typer.Typer(
+    help="API keys: XRAY_API_KEYS holds 'scope:sha256' entries, never the keys.", no_args_is_help=True
+)
+app.add_typer(keys_app, name="keys")
+
+
+@keys_app.command("new")
+def keys_new(
+    scope: Annotated[str, typer.Option("--scope", help="user (predict, models) or admin (also reload)")] = "user",
+) -> None:
+    """Make a random API key; prints the key (give it to the client) and the entry for XRAY_API_KEYS."""
+    from service.security import KeyConfigError, new_key
+
+    try:
+        key, entry = new_key(scope)  # type: ignore[arg-type]
+    except KeyConfigError as error:
+        _fail(error)
+    typer.echo(f"key (shown once, give it to the client): {key}")
+    typer.echo(f"XRAY_API_KEYS entry (comma-separate several): {entry}")
+
+
 @app.command("demo")
 def demo() -> None:
     """Prepare the demo models (trains them when missing) and report what is ready."""

@@ -24,6 +24,10 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8000
     workers: int = Field(default=1, ge=1, description="CPU worker processes (one per GPU when GPUs exist)")
+    gpus: str = Field(
+        default="auto",
+        description="GPUs for `xray serve`: auto (nvidia-smi / CUDA_VISIBLE_DEVICES), none, or ids like 0,1",
+    )
     model_alias: str = Field(default="production", description="registry alias the service serves")
     precision: Literal["auto", "fp32", "int8"] = Field(
         default="auto", description="auto: the int8 variant on CPU when the registry has one, fp32 on GPU"

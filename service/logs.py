@@ -15,7 +15,7 @@ import warnings
 from datetime import UTC, datetime
 
 # Attributes every LogRecord has; anything else was passed with `extra=` and goes into the JSON line.
-_STANDARD_ATTRS = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
+_STANDARD_ATTRS = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName", "color_message"}
 
 
 class JsonFormatter(logging.Formatter):

@@ -1,0 +1,63 @@
+"""Service fixtures: an app on the shipped registry (or a copy), and images that need no shared data."""
+
+from __future__ import annotations
+
+import io
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from models.phantoms import make_phantom
+from service.app import create_app
+from service.config import Settings
+from service.registry import Registry
+from tests.conftest import PROJECT_ROOT
+
+SHIPPED_REGISTRY = PROJECT_ROOT / "registry"
+
+
+def service_settings(**overrides) -> Settings:
+    values = {
+        "registry_dir": SHIPPED_REGISTRY,
+        "intra_op_threads": 1,
+        "decode_threads": 2,
+        "max_batch_delay_ms": 2.0,
+        "log_json": True,
+        "api_keys": [],
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+def png_bytes(pixels: np.ndarray, mode: str = "L") -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels, mode=mode).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def phantom_png(seed: int = 0, size: int = 256, findings: tuple[str, ...] = ()) -> bytes:
+    phantom = make_phantom(np.random.default_rng(seed), size=size, findings=findings)
+    return png_bytes((np.clip(phantom.pixels, 0, 1) * 255).round().astype(np.uint8))
+
+
+def copy_registry(target: Path) -> Registry:
+    shutil.copytree(SHIPPED_REGISTRY, target)
+    return Registry(target)
+
+
+def add_classifier_version(registry: Registry) -> int:
+    """Register the shipped classifier's ONNX file again as a new version (a stand-in for a retrained model)."""
+    current = registry.resolve("chest-classifier")
+    fields = current.manifest.model_dump(exclude={"name", "version", "onnx_sha256", "onnx_bytes", "created_at"})
+    return registry.add_version("chest-classifier", current.path, fields).version
+
+
+@pytest.fixture(scope="module")
+def client() -> Iterator[TestClient]:
+    with TestClient(create_app(service_settings())) as test_client:
+        yield test_client

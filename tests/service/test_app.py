@@ -1,0 +1,324 @@
+"""Every endpoint and every error path through TestClient, with real DICOM/PNG files where they exist."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from models.imaging import decode
+from models.preprocessing import PreprocessSpec, preprocess
+from service.app import create_app
+from service.engine import open_session
+from service.registry import Registry
+from tests.conftest import require_shared
+from tests.service.conftest import SHIPPED_REGISTRY, phantom_png, png_bytes, service_settings
+
+PROBLEM = "application/problem+json"
+
+
+def assert_problem(response, status: int, code: str) -> dict:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith(PROBLEM)
+    body = response.json()
+    assert {"type", "title", "status", "detail", "code"} <= set(body)
+    assert body["status"] == status and body["code"] == code and body["detail"]
+    assert response.headers.get("x-request-id")
+    return body
+
+
+# --------------------------------------------------------------------------------------------- health, models
+def test_health_endpoints(client: TestClient) -> None:
+    for path in ("/healthz", "/v2/health/live"):
+        assert client.get(path).json() == {"status": "alive"}
+    for path in ("/readyz", "/v2/health/ready"):
+        body = client.get(path).json()
+        assert body["status"] == "ready"
+        assert set(body["models"]) == {"classifier", "autoencoder"}
+        assert all(model["warm"] for model in body["models"].values())
+
+
+def test_models_lists_what_serves_with_hashes_thresholds_and_confirmed_providers(client: TestClient) -> None:
+    body = client.get("/v1/models").json()
+    registry = Registry(SHIPPED_REGISTRY)
+    model_set = registry.model_set("production")
+    classifier = body["models"]["classifier"]
+    # on a CPU the int8 variant serves under precision=auto
+    assert classifier["name"] == model_set.classifier_int8.name
+    assert classifier["sha256"] == model_set.classifier_int8.manifest.onnx_sha256
+    assert classifier["providers"] == ["CPUExecutionProvider"] and classifier["device"] == "cpu"
+    assert set(classifier["thresholds"]) == set(classifier["labels"])
+    assert body["models"]["autoencoder"]["outlier_threshold"] == model_set.autoencoder_int8.manifest.outlier_threshold
+
+
+def test_metrics_exposes_the_prometheus_series(client: TestClient) -> None:
+    client.post("/v1/predict", content=phantom_png(1), headers={"content-type": "image/png"})
+    text = client.get("/metrics").text
+    for series in (
+        "xray_http_requests_total",
+        "xray_http_request_seconds_bucket",
+        "xray_batch_size_bucket",
+        "xray_inference_seconds_bucket",
+        "xray_queue_depth",
+        "xray_predictions_total",
+        "xray_stage_seconds_bucket",
+        "xray_model_loaded",
+    ):
+        assert series in text, series
+    assert 'route="/v1/predict",status="200"' in text
+
+
+def test_openapi_documents_both_upload_forms(client: TestClient) -> None:
+    spec = client.get("/openapi.json").json()
+    content = spec["paths"]["/v1/predict"]["post"]["requestBody"]["content"]
+    assert {"multipart/form-data", "application/dicom", "image/png", "image/jpeg"} <= set(content)
+
+
+# ------------------------------------------------------------------------------------------------- predict
+def test_predict_multipart_png_matches_the_engine_directly(client: TestClient) -> None:
+    data = phantom_png(2)
+    response = client.post("/v1/predict", files={"file": ("film.png", data, "image/png")})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["request_id"] == response.headers["x-request-id"]
+    assert body["image"] == {
+        "format": "png",
+        "modality": None,
+        "view_position": None,
+        "body_part": None,
+        "photometric": "L",
+        "bits_stored": 8,
+        "transfer_syntax": None,
+        "voi_source": None,
+        "width": 256,
+        "height": 256,
+    }
+    # the same numbers as running the served model by hand
+    model = Registry(SHIPPED_REGISTRY).model_set("production").classifier_int8
+    session = open_session(model, providers="cpu", intra_op_threads=1)
+    x = preprocess(decode(data), PreprocessSpec.from_dict(model.manifest.preprocess))
+    expected = dict(zip(model.manifest.labels, session.run(x[None])["probabilities"][0], strict=True))
+    rows = [body["abnormal"], *body["findings"]]
+    assert {r["label"] for r in rows} == set(expected)
+    for row in rows:
+        assert row["probability"] == pytest.approx(float(expected[row["label"]]), abs=1e-5)
+        assert row["positive"] == (row["probability"] >= row["threshold"])
+        assert row["threshold"] == pytest.approx(model.manifest.thresholds[row["label"]], abs=1e-6)
+    probabilities = [r["probability"] for r in body["findings"]]
+    assert probabilities == sorted(probabilities, reverse=True)
+    assert body["abnormal"]["label"] == "Abnormal" and body["abnormal"]["source"] == "abnormal_head"
+    assert body["models"]["classifier"]["sha256"] == model.manifest.onnx_sha256
+    assert body["outlier"]["verdict"] in ("in_distribution", "outlier")
+    assert body["outlier"]["threshold"] > 0 and body["outlier"]["score"] > 0
+    assert set(body["timings_ms"]) == {"decode", "preprocess", "inference_incl_queue", "heatmaps", "total"}
+    assert body["intended_use"] == "research use only"
+
+
+def test_predict_raw_png_body_equals_multipart(client: TestClient) -> None:
+    data = phantom_png(3)
+    raw = client.post("/v1/predict", content=data, headers={"content-type": "image/png"}).json()
+    multipart = client.post("/v1/predict", files={"file": ("a.png", data, "application/octet-stream")}).json()
+    assert raw["findings"] == multipart["findings"] and raw["outlier"] == multipart["outlier"]
+
+
+def test_predict_jpeg(client: TestClient) -> None:
+    phantom = np.asarray(Image.open(io.BytesIO(phantom_png(4))))
+    buffer = io.BytesIO()
+    Image.fromarray(phantom).save(buffer, format="JPEG", quality=90)
+    body = client.post("/v1/predict", content=buffer.getvalue(), headers={"content-type": "image/jpeg"}).json()
+    assert body["image"]["format"] == "jpeg"
+
+
+def test_real_chest_dicom_is_reliable_and_reports_image_facts(client: TestClient) -> None:
+    path = require_shared("dicom", "siim_cr_chest_jpeg_baseline.dcm")
+    response = client.post("/v1/predict", content=path.read_bytes(), headers={"content-type": "application/dicom"})
+    body = response.json()
+    assert response.status_code == 200, body
+    assert body["image"]["format"] == "dicom" and body["image"]["modality"] == "CR"
+    assert body["image"]["view_position"] == "PA" and body["image"]["body_part"] == "CHEST"
+    assert body["image"]["transfer_syntax"] == "1.2.840.10008.1.2.4.50"
+    assert body["outlier"]["verdict"] == "in_distribution"
+    assert body["reliability"] == {"status": "reliable", "reasons": []}
+
+
+@pytest.mark.parametrize(
+    "name, modality_reason",
+    [("IM-0001-0001-0001.dcm", True), ("OutOfBoundsOverlay.dcm", True), ("CR-ModalitySequenceLUT.dcm", False)],
+)
+def test_non_chest_dicoms_are_scored_but_flagged_unreliable_with_reasons(
+    client: TestClient, name: str, modality_reason: bool
+) -> None:
+    path = require_shared("dicom", name)
+    body = client.post("/v1/predict", files={"file": (name, path.read_bytes(), "application/dicom")}).json()
+    assert body["findings"], "outliers are still scored"
+    assert body["reliability"]["status"] == "unreliable"
+    reasons = " ".join(body["reliability"]["reasons"])
+    assert ("reconstruction error" in reasons) == (body["outlier"]["verdict"] == "outlier")
+    assert ("Modality" in reasons) == modality_reason
+
+
+def test_heatmaps_true_adds_one_png_overlay_per_label(client: TestClient) -> None:
+    body = client.post(
+        "/v1/predict?heatmaps=true", content=phantom_png(5, size=600), headers={"content-type": "image/png"}
+    ).json()
+    labels = [body["abnormal"]["label"], *(r["label"] for r in body["findings"])]
+    assert sorted(body["heatmaps"]) == sorted(labels)
+    for heatmap in body["heatmaps"].values():
+        assert heatmap["media_type"] == "image/png"
+        image = Image.open(io.BytesIO(base64.b64decode(heatmap["data"])))
+        assert image.format == "PNG" and image.mode == "RGB"
+        assert image.size == (512, 512)  # the 600 px film brought to heatmap_max_side
+
+
+def test_heatmap_endpoint_returns_one_overlay_png(client: TestClient) -> None:
+    response = client.post(
+        "/v1/predict/heatmap?label=Effusion",
+        content=phantom_png(6),
+        headers={"content-type": "image/png", "accept": "image/png"},
+    )
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "image/png"
+    assert Image.open(io.BytesIO(response.content)).size == (256, 256)
+    assert 0.0 <= float(response.headers["x-probability"]) <= 1.0
+    assert response.headers["x-reliability"] in ("reliable", "unreliable")
+
+
+# ---------------------------------------------------------------------------------------------- error paths
+def test_unknown_heatmap_label_is_422_naming_the_labels(client: TestClient) -> None:
+    response = client.post(
+        "/v1/predict/heatmap?label=Dragon", content=phantom_png(), headers={"content-type": "image/png"}
+    )
+    body = assert_problem(response, 422, "unknown_label")
+    assert "Effusion" in body["detail"] and "Dragon" in body["detail"]
+
+
+def test_heatmap_without_label_is_422(client: TestClient) -> None:
+    assert_problem(
+        client.post("/v1/predict/heatmap", content=phantom_png(), headers={"content-type": "image/png"}),
+        422,
+        "invalid_request",
+    )
+
+
+def test_heatmap_refuses_an_accept_it_cannot_answer(client: TestClient) -> None:
+    response = client.post(
+        "/v1/predict/heatmap?label=Effusion",
+        content=phantom_png(),
+        headers={"content-type": "image/png", "accept": "application/json"},
+    )
+    assert_problem(response, 406, "not_acceptable")
+
+
+def test_unsupported_media_type_is_415(client: TestClient) -> None:
+    body = assert_problem(
+        client.post("/v1/predict", content=b"{}", headers={"content-type": "application/json"}),
+        415,
+        "unsupported_media_type",
+    )
+    assert "application/json" in body["detail"] and "application/dicom" in body["detail"]
+
+
+def test_bytes_that_are_no_image_are_415(client: TestClient) -> None:
+    assert_problem(
+        client.post(
+            "/v1/predict", content=b"GIF89a" + bytes(100), headers={"content-type": "application/octet-stream"}
+        ),
+        415,
+        "not_an_image",
+    )
+
+
+def test_declared_type_contradicting_the_bytes_is_415(client: TestClient) -> None:
+    body = assert_problem(
+        client.post("/v1/predict", content=phantom_png(), headers={"content-type": "application/dicom"}),
+        415,
+        "content_type_mismatch",
+    )
+    assert "PNG" in body["detail"]
+
+
+def test_empty_body_is_400(client: TestClient) -> None:
+    assert_problem(client.post("/v1/predict", content=b"", headers={"content-type": "image/png"}), 400, "empty_input")
+
+
+def test_multipart_without_a_file_field_is_422(client: TestClient) -> None:
+    response = client.post("/v1/predict", data={"note": "x"}, files={"image": ("a.png", phantom_png(), "image/png")})
+    body = assert_problem(response, 422, "missing_file")
+    assert "image" in body["detail"]
+
+
+def test_truncated_png_is_422(client: TestClient) -> None:
+    data = phantom_png()
+    response = client.post("/v1/predict", content=data[: len(data) // 2], headers={"content-type": "image/png"})
+    assert response.status_code == 422 and response.headers["content-type"] == PROBLEM
+
+
+def test_multi_frame_and_undecodable_dicoms_get_their_own_codes(client: TestClient) -> None:
+    multi = require_shared("dicom", "HasFragmentSequence.dcm").read_bytes()
+    assert_problem(
+        client.post("/v1/predict", content=multi, headers={"content-type": "application/dicom"}), 422, "multi_frame"
+    )
+    jxl = require_shared("dicom", "monochrome_jpeg_xl_12bit.dcm").read_bytes()
+    assert_problem(
+        client.post("/v1/predict", content=jxl, headers={"content-type": "application/dicom"}),
+        415,
+        "unsupported_transfer_syntax",
+    )
+
+
+def test_unknown_route_and_wrong_method_are_problems(client: TestClient) -> None:
+    assert_problem(client.get("/v1/nothing"), 404, "not_found")
+    assert_problem(client.get("/v1/predict"), 405, "method_not_allowed")
+
+
+def test_the_server_stays_up_after_every_error(client: TestClient) -> None:
+    for body in (b"", b"\x89PNG\r\n\x1a\n" + bytes(50), b"\xff\xd8\xff" + bytes(50), bytes(132)):
+        client.post("/v1/predict", content=body, headers={"content-type": "application/octet-stream"})
+    assert client.post("/v1/predict", content=phantom_png(), headers={"content-type": "image/png"}).status_code == 200
+
+
+def test_request_id_is_echoed_when_offered_and_well_formed(client: TestClient) -> None:
+    response = client.get("/healthz", headers={"x-request-id": "ris-1234.a_b"})
+    assert response.headers["x-request-id"] == "ris-1234.a_b"
+    response = client.get("/healthz", headers={"x-request-id": "bad id with spaces\n"})
+    assert response.headers["x-request-id"] != "bad id with spaces\n"
+
+
+# --------------------------------------------------------------------------- limits need their own settings
+def test_upload_limit_is_413_by_declared_length_and_by_streamed_length() -> None:
+    with TestClient(create_app(service_settings(max_upload_bytes=10_000))) as small:
+        big = phantom_png(size=512)
+        assert len(big) > 10_000
+        assert_problem(
+            small.post("/v1/predict", content=big, headers={"content-type": "image/png"}), 413, "upload_too_large"
+        )
+
+        def chunks():  # no Content-Length: the limit is enforced while the body streams
+            for start in range(0, len(big), 4096):
+                yield big[start : start + 4096]
+
+        response = small.post("/v1/predict", content=chunks(), headers={"content-type": "image/png"})
+        assert_problem(response, 413, "upload_too_large")
+        assert (
+            small.post("/v1/predict", content=phantom_png(size=64), headers={"content-type": "image/png"}).status_code
+            == 200
+        )
+
+
+def test_pixel_limit_is_422_before_decoding() -> None:
+    with TestClient(create_app(service_settings(max_pixels=100_000))) as small:
+        wide = png_bytes(np.zeros((400, 400), dtype=np.uint8))  # 160,000 pixels
+        body = assert_problem(
+            small.post("/v1/predict", content=wide, headers={"content-type": "image/png"}), 422, "image_too_large"
+        )
+        assert "160000" in body["detail"].replace(",", "")
+
+
+def test_problem_bodies_are_json_with_the_problem_media_type(client: TestClient) -> None:
+    response = client.post("/v1/predict", content=b"x", headers={"content-type": "text/plain"})
+    assert json.loads(response.content)["type"].endswith("/unsupported_media_type")
