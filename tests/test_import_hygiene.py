@@ -30,8 +30,6 @@ def test_module_does_not_import_torch(module: str) -> None:
         "heavy = sorted(m for m in ('torch', 'torchvision', 'training') if m in sys.modules)\n"
         "print(','.join(heavy))\n"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", code], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120
-    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "", f"importing {module} pulled in {result.stdout.strip()}"

@@ -110,8 +110,8 @@ def test_cardiomegaly_widens_the_bright_heart_shadow() -> None:
 
 
 @pytest.mark.parametrize(
-    "finding, brighter", [("Nodule", True), ("Mass", True), ("Consolidation", True), ("Effusion", True),
-                          ("Pneumothorax", False)]
+    "finding, brighter",
+    [("Nodule", True), ("Mass", True), ("Consolidation", True), ("Effusion", True), ("Pneumothorax", False)],
 )
 @pytest.mark.parametrize("seed", range(6))
 def test_finding_changes_its_box_against_the_same_phantom_without_it(seed: int, finding: str, brighter: bool) -> None:

@@ -131,3 +131,34 @@ def test_mean_and_std_are_applied_last() -> None:
 def test_rejects_non_grey_or_degenerate_input_with_the_shape(bad: np.ndarray) -> None:
     with pytest.raises(ValueError, match=r"expected"):
         preprocess(bad, PreprocessSpec(size=16))
+
+
+@pytest.mark.parametrize("resize", ["letterbox", "crop", "stretch"])
+@pytest.mark.parametrize("shape", [(300, 200), (200, 300), (256, 256)])
+def test_map_to_image_puts_a_model_input_feature_back_where_it_was(resize: str, shape: tuple[int, int]) -> None:
+    """A bright square in the image, preprocessed, mapped back from the model grid, lands on the same square."""
+    from models.preprocessing import map_to_image
+
+    height, width = shape
+    image = np.zeros(shape, dtype=np.float32)
+    image[height // 2 - 20 : height // 2 + 20, width // 2 - 20 : width // 2 + 20] = 1.0
+    spec = PreprocessSpec(size=64, resize=resize, normalisation="none", mean=0.0, std=1.0)
+    square = preprocess(image, spec)[0]
+    back = map_to_image(square, height, width, spec)
+    assert back.shape == shape
+    inside = back[height // 2 - 12 : height // 2 + 12, width // 2 - 12 : width // 2 + 12]
+    assert float(np.nanmin(inside)) > 0.7
+    seen = np.isfinite(back)
+    corners = np.where(seen, back, 0.0)
+    assert float(corners[:20, :20].max()) < 0.05 and float(corners[-20:, -20:].max()) < 0.05
+    if resize == "crop" and height != width:
+        assert not seen.all()  # the cut-off ends were never seen by the model
+    else:
+        assert seen.all()
+
+
+def test_map_to_image_rejects_non_square_maps() -> None:
+    from models.preprocessing import map_to_image
+
+    with pytest.raises(ValueError, match="square"):
+        map_to_image(np.zeros((4, 5)), 10, 10, PreprocessSpec(size=64))

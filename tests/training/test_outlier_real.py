@@ -88,9 +88,7 @@ def test_outlier_auroc_against_non_chest_images(trained) -> None:
     result, csv = trained
     from training import datasets
 
-    splits = datasets.patient_split(
-        datasets.nih_chestxray14(csv, csv.parent), fractions=(0.6, 0.15, 0.25), seed=0
-    )
+    splits = datasets.patient_split(datasets.nih_chestxray14(csv, csv.parent), fractions=(0.6, 0.15, 0.25), seed=0)
     held_out = [splits["test"].load(i) for i in range(len(splits["test"]))]
     shared = csv.parents[1]
     chest = _scores(result, held_out)

@@ -20,9 +20,10 @@ def test_masked_bce_ignores_missing_labels() -> None:
     loss = common.masked_bce_with_logits(logits, targets)
     loss.backward()
     known = ~torch.isnan(targets)
-    expected = torch.nn.functional.binary_cross_entropy_with_logits(
-        logits.detach()[known], targets[known], reduction="sum"
-    ) / 2
+    expected = (
+        torch.nn.functional.binary_cross_entropy_with_logits(logits.detach()[known], targets[known], reduction="sum")
+        / 2
+    )
     torch.testing.assert_close(loss.detach(), expected)
     assert torch.all(logits.grad[~known] == 0)
     assert torch.all(logits.grad[known] != 0)
