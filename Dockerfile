@@ -28,7 +28,8 @@ ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /app
 COPY --from=base /app /app
 # onnxruntime-gpu replaces the CPU wheel: the two conflict in one environment
-RUN pip install . && pip uninstall -y onnxruntime && pip install '.[gpu]'
+# (both install the `onnxruntime` module; remove the CPU one, then reinstall the GPU wheel's files over it)
+RUN pip install '.[gpu]' && pip uninstall -y onnxruntime && pip install --force-reinstall --no-deps onnxruntime-gpu
 EXPOSE 8000
 USER nobody
 ENTRYPOINT ["xray"]

@@ -18,8 +18,13 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
+# Serves the default model set shipped in registry/ (no training needed); Ctrl-C stops it.
 demo: $(STAMP)
-	$(VENV)/bin/xray demo
+	@echo "serving registry/ at http://127.0.0.1:8000  (API docs: /docs, health: /readyz, metrics: /metrics)"
+	$(VENV)/bin/xray serve --host 127.0.0.1 --port 8000
+
+bench: $(STAMP)
+	$(PY) bench/serve_bench.py
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -9,6 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.responses import RedirectResponse
 
 from service.config import Settings, get_settings
 from service.errors import install_error_handlers
@@ -55,6 +56,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(RequestContextMiddleware, metrics=metrics, max_upload_bytes=settings.max_upload_bytes)
     for router in (health.router, models.router, predict.router):
         app.include_router(router)
+
+    @app.get("/", include_in_schema=False)
+    async def home() -> RedirectResponse:  # the clinician UI will live here; until then, the API docs
+        return RedirectResponse("/docs")
+
     return app
 
 

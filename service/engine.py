@@ -93,6 +93,17 @@ class ModelSession:
         }
 
 
+def _preload_cuda_libraries() -> None:
+    """onnxruntime-gpu >= 1.21 can load CUDA/cuDNN from the nvidia-* pip packages; harmless when absent."""
+    preload = getattr(ort, "preload_dlls", None)
+    if preload is None:
+        return
+    try:
+        preload()
+    except Exception as error:  # noqa: BLE001 - the session's get_providers() tells the truth either way
+        log.warning("could not preload CUDA libraries", extra={"error": str(error)})
+
+
 def open_session(
     model: ResolvedModel, *, providers: str = "auto", intra_op_threads: int = 0, inter_op_threads: int = 1
 ) -> ModelSession:
@@ -102,6 +113,8 @@ def open_session(
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     wanted = requested_providers(providers)
+    if wanted[0] != CPU:
+        _preload_cuda_libraries()
     start = time.perf_counter()
     try:
         session = ort.InferenceSession(str(model.path), sess_options=options, providers=wanted)
