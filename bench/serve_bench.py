@@ -202,7 +202,7 @@ def pipeline_throughput(images: list[bytes], seconds: float, threads: int) -> di
     while time.perf_counter() - start < seconds:
         prepared = pipeline.prepare(images[done % len(images)])
         for role, session in pipeline.sessions().items():
-            session.run(prepared.inputs[pipeline.specs[role].to_json()][None])
+            session.run(prepared.inputs[pipeline.spec_keys[role]][None])
         done += 1
     return {"images_per_s": done / (time.perf_counter() - start)}
 

@@ -37,6 +37,9 @@ class Settings(BaseSettings):
     )
     intra_op_threads: int = Field(default=0, ge=0, description="ONNX Runtime threads per session (0 = its default)")
     inter_op_threads: int = Field(default=1, ge=0, description="ONNX Runtime inter-op threads (0 = its default)")
+    ort_spinning: bool = Field(
+        default=False, description="let idle ONNX Runtime threads spin-wait (faster only on cores nothing else uses)"
+    )
     decode_threads: int = Field(default=2, ge=1, description="threads that decode and preprocess uploads")
     max_batch_size: int = Field(default=16, ge=1, description="micro-batcher: largest batch sent to a session")
     max_batch_delay_ms: float = Field(default=5.0, ge=0, description="micro-batcher: longest wait to fill a batch")

@@ -12,11 +12,11 @@ from service.security import KeyRing, Scope, presented_key
 from service.state import ModelManager
 
 
-def get_app_settings(request: Request) -> Settings:
+async def get_app_settings(request: Request) -> Settings:  # async: sync deps hop to a thread
     return request.app.state.settings
 
 
-def get_manager(request: Request) -> ModelManager:
+async def get_manager(request: Request) -> ModelManager:
     return request.app.state.manager
 
 

@@ -57,6 +57,7 @@ def _load_session(fp32: ResolvedModel, int8: ResolvedModel | None, settings: Set
         "providers": settings.providers,
         "intra_op_threads": settings.intra_op_threads,
         "inter_op_threads": settings.inter_op_threads,
+        "spin": settings.ort_spinning,
     }
     wanted_first = requested_providers(settings.providers)[0]
     session = open_session(_choose_model(fp32, int8, settings, wanted_first), **kwargs)
@@ -88,6 +89,7 @@ class Pipeline:
         self.specs = {"classifier": PreprocessSpec.from_dict(manifest.preprocess)}
         if autoencoder is not None:
             self.specs["autoencoder"] = PreprocessSpec.from_dict(autoencoder.model.manifest.preprocess)
+        self.spec_keys = {role: spec.to_json() for role, spec in self.specs.items()}  # inputs keyed by spec
         self.inflight = 0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -167,8 +169,8 @@ class Pipeline:
         film = decode(data, max_pixels=self.settings.max_pixels)
         decoded = time.perf_counter()
         inputs: dict[str, np.ndarray] = {}
-        for spec in self.specs.values():
-            key = spec.to_json()
+        for role, spec in self.specs.items():
+            key = self.spec_keys[role]
             if key not in inputs:
                 inputs[key] = preprocess(film, spec)
         done = time.perf_counter()
@@ -177,7 +179,7 @@ class Pipeline:
     async def infer(self, prepared: Prepared) -> dict[str, dict[str, np.ndarray]]:
         """Submit the image to every model's batcher at once; all or nothing."""
         tasks = {
-            role: asyncio.ensure_future(self._batchers[role].submit(prepared.inputs[self.specs[role].to_json()]))
+            role: asyncio.ensure_future(self._batchers[role].submit(prepared.inputs[self.spec_keys[role]]))
             for role in self._batchers
         }
         try:
@@ -190,7 +192,10 @@ class Pipeline:
 
     async def probe(self) -> None:
         """A zero image through every batcher and session, exactly as an upload travels (for /readyz)."""
-        inputs = {spec.to_json(): np.zeros((1, spec.size, spec.size), dtype=np.float32) for spec in self.specs.values()}
+        inputs = {
+            key: np.zeros((1, self.specs[role].size, self.specs[role].size), np.float32)
+            for role, key in self.spec_keys.items()
+        }
         await self.infer(Prepared(film=None, inputs=inputs, decode_ms=0.0, preprocess_ms=0.0))
 
     async def predict(
