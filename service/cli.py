@@ -48,6 +48,21 @@ def train_autoencoder(ctx: typer.Context) -> None:
     _run_training_module("training.train_autoencoder", ctx.args)
 
 
+@train_app.command("add-label", **_PASSTHROUGH)
+def train_add_label(ctx: typer.Context) -> None:
+    """Add a label to a classifier: logistic regression on its frozen encoder from few examples (first K outputs
+    unchanged). `xray train add-label --help` lists every flag."""
+    _run_training_module("training.add_label", ctx.args)
+
+
+@app.command("eval", **_PASSTHROUGH)
+def evaluate(ctx: typer.Context) -> None:
+    """Evaluate a checkpoint: JSON + HTML report with ROC, calibration, curves, filters, baselines, AE plots.
+
+    `xray eval --help` lists every flag."""
+    _run_training_module("training.report", ctx.args)
+
+
 @app.command("export", **_PASSTHROUGH)
 def export(ctx: typer.Context) -> None:
     """Export a checkpoint to ONNX into the registry (parity-checked; --int8 adds a quantised variant).

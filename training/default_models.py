@@ -47,16 +47,49 @@ def main(args: argparse.Namespace) -> dict[str, dict]:
     common = ["--input-size", "64", "--threads", str(args.threads), "--quiet"]
     classifier = train_classifier.main(
         train_classifier.get_args_parser().parse_args(
-            ["--data", f"nih:{nih_csv}", "--data", f"medmnist:{pneumonia}", "--labels", LABELS,
-             "--test-images-under", str(nih_root / "test"), "--val-fraction", "0.1",
-             "--epochs", str(args.epochs), "--optimizer", "adamw", "--lr", "3e-3", "--weight-decay", "0.01",
-             "--pos-weight", "--ema-decay", "0.99", "--output-dir", str(args.work_dir / "classifier"), *common]
+            [
+                "--data",
+                f"nih:{nih_csv}",
+                "--data",
+                f"medmnist:{pneumonia}",
+                "--labels",
+                LABELS,
+                "--test-images-under",
+                str(nih_root / "test"),
+                "--val-fraction",
+                "0.1",
+                "--epochs",
+                str(args.epochs),
+                "--optimizer",
+                "adamw",
+                "--lr",
+                "3e-3",
+                "--weight-decay",
+                "0.01",
+                "--pos-weight",
+                "--ema-decay",
+                "0.99",
+                "--output-dir",
+                str(args.work_dir / "classifier"),
+                *common,
+            ]
         )  # fmt: skip
     )
     autoencoder = train_autoencoder.main(
         train_autoencoder.get_args_parser().parse_args(
-            ["--data", f"nih:{nih_csv}", "--val-fraction", "0.15", "--test-images-under", str(nih_root / "test"),
-             "--epochs", str(args.ae_epochs), "--output-dir", str(args.work_dir / "autoencoder"), *common]
+            [
+                "--data",
+                f"nih:{nih_csv}",
+                "--val-fraction",
+                "0.15",
+                "--test-images-under",
+                str(nih_root / "test"),
+                "--epochs",
+                str(args.ae_epochs),
+                "--output-dir",
+                str(args.work_dir / "autoencoder"),
+                *common,
+            ]
         )  # fmt: skip
     )
     registry = Registry(args.registry)

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
-from sklearn.metrics import roc_auc_score
+from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
 
 @dataclass(frozen=True)
@@ -55,6 +55,63 @@ def bootstrap_auroc_ci(
     alpha = (1.0 - level) / 2
     low, high = np.quantile(values, [alpha, 1 - alpha])
     return float(low), float(high)
+
+
+def auprc(labels: np.ndarray, scores: np.ndarray) -> float | None:
+    """Average precision (area under the precision-recall curve) over known rows; None with one class."""
+    known = ~np.isnan(labels)
+    y, s = labels[known], scores[known]
+    if y.size == 0 or y.min() == y.max():
+        return None
+    return float(average_precision_score(y, s))
+
+
+def roc_points(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """(false positive rates, true positive rates) over known rows; None with one class."""
+    known = ~np.isnan(labels)
+    y, s = labels[known], scores[known]
+    if y.size == 0 or y.min() == y.max():
+        return None
+    fpr, tpr, _ = roc_curve(y, s)
+    return fpr, tpr
+
+
+@dataclass(frozen=True)
+class Calibration:
+    ece: float  # expected calibration error: sum over bins of |accuracy - confidence| weighted by bin size
+    bin_edges: list[float]
+    mean_predicted: list[float | None]  # per bin; None for empty bins
+    fraction_positive: list[float | None]
+    counts: list[int]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def calibration(labels: np.ndarray, probabilities: np.ndarray, bins: int = 10) -> Calibration | None:
+    """Reliability table and ECE of one label's probabilities (equal-width bins on [0, 1])."""
+    known = ~np.isnan(labels)
+    y, p = labels[known], probabilities[known]
+    if y.size == 0:
+        return None
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    which = np.clip(np.digitize(p, edges[1:-1]), 0, bins - 1)
+    mean_p: list[float | None] = []
+    frac: list[float | None] = []
+    counts: list[int] = []
+    ece = 0.0
+    for b in range(bins):
+        in_bin = which == b
+        count = int(in_bin.sum())
+        counts.append(count)
+        if count == 0:
+            mean_p.append(None)
+            frac.append(None)
+            continue
+        mean_p.append(float(p[in_bin].mean()))
+        frac.append(float(y[in_bin].mean()))
+        ece += count / y.size * abs(frac[-1] - mean_p[-1])
+    return Calibration(float(ece), edges.tolist(), mean_p, frac, counts)
 
 
 def _fast_auroc(y: np.ndarray, s: np.ndarray) -> float:

@@ -39,6 +39,31 @@ class SplitPolicy:
     test_images_under: Path | None = None  # hold out every patient with an image under this folder as the test split
 
 
+def policy_from_args(args) -> SplitPolicy:
+    """The split settings of a trainer's arguments (or a checkpoint's saved `args`), so a split can be rebuilt."""
+    test_images_under = getattr(args, "test_images_under", None)
+    return SplitPolicy(
+        val_fraction=args.val_fraction,
+        test_fraction=args.test_fraction,
+        seed=args.split_seed,
+        views=tuple(getattr(args, "views", ()) or ()),
+        phantom_size=args.input_size,
+        uncertain=getattr(args, "uncertain", "ignore"),
+        test_images_under=Path(test_images_under) if test_images_under else None,
+    )
+
+
+def limit_labelled_training(splits: dict[str, LabelledImages], fraction: float, seed: int) -> dict[str, LabelledImages]:
+    """Keep a random `fraction` of the training images (fixed by `seed`): label-scarce experiments."""
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"expected a label fraction in (0, 1], got {fraction}")
+    if fraction == 1.0:
+        return splits
+    keep = np.random.default_rng(seed).permutation(len(splits["train"]))
+    chosen = np.sort(keep[: max(1, round(fraction * len(keep)))])
+    return {**splits, "train": splits["train"].subset(chosen)}
+
+
 def parse_spec(spec: str) -> tuple[str, str, str | None]:
     kind, sep, rest = spec.partition(":")
     if not sep or kind not in KINDS or not rest:

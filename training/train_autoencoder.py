@@ -25,7 +25,7 @@ from models.classifier import BACKBONES
 from training import calibrate, common
 from training.augment import AugmentConfig, RandomRadiographAugment
 from training.datasets import ImageTensorDataset
-from training.sources import SPEC_HELP, SplitPolicy, load_splits
+from training.sources import SPEC_HELP, load_splits, policy_from_args
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
@@ -73,10 +73,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     out_dir = Path(args.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    policy = SplitPolicy(
-        args.val_fraction, args.test_fraction, args.split_seed, (), args.input_size, "ignore", args.test_images_under
-    )
-    splits = load_splits(args.data, policy)
+    splits = load_splits(args.data, policy_from_args(args))
     if len(splits["val"]) == 0:
         raise ValueError("expected a non-empty validation split: the outlier threshold is set on it")
     spec = common.spec_from_args(args)

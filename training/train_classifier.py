@@ -26,7 +26,7 @@ from models.classifier import BACKBONES, ClassifierConfig, XRayClassifier, load_
 from training import calibrate, common, evaluate
 from training.augment import AugmentConfig, RandomRadiographAugment
 from training.datasets import ImageTensorDataset, positive_weights
-from training.sources import SPEC_HELP, SplitPolicy, choose_labels, load_splits
+from training.sources import SPEC_HELP, choose_labels, limit_labelled_training, load_splits, policy_from_args
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
@@ -57,6 +57,13 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         default=None,
         help="hold out every patient with an image under this folder as the test split (e.g. a published test set)",
     )
+    data.add_argument(
+        "--label-fraction",
+        type=float,
+        default=1.0,
+        help="train on this random fraction of the labelled training images (fixed by --split-seed; label-scarce "
+        "experiments)",
+    )
     data.add_argument("--views", type=_comma_list, default=(), help="keep only these view positions, e.g. PA,AP")
     model = parser.add_argument_group("model")
     model.add_argument("--backbone", choices=BACKBONES, default="small_cnn", help="encoder architecture")
@@ -65,10 +72,13 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     model.add_argument("--dropout", type=float, default=0.0, help="dropout before the heads")
     common.add_preprocess_arguments(model)
     model.add_argument(
+        "--init-encoder",
         "--init-from",
+        dest="init_from",
         type=Path,
         default=None,
-        help="initialise the encoder from a state dict or checkpoint (ImageNet file, or an autoencoder .ckpt)",
+        help="initialise the encoder from an autoencoder .ckpt (unsupervised pre-training), a classifier .ckpt or a "
+        "torchvision state dict; every encoder tensor must match (same --backbone/--width)",
     )
     optim = parser.add_argument_group("optimisation")
     optim.add_argument("--epochs", type=int, default=20, help="training epochs")
@@ -116,18 +126,10 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     out_dir = Path(args.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    policy = SplitPolicy(
-        args.val_fraction,
-        args.test_fraction,
-        args.split_seed,
-        tuple(args.views),
-        args.input_size,
-        args.uncertain,
-        args.test_images_under,
-    )
-    splits = load_splits(args.data, policy)
+    splits = load_splits(args.data, policy_from_args(args))
     labels = choose_labels(splits["train"], args.labels, args.min_positives)
     splits = {name: split.select_labels(labels) for name, split in splits.items()}
+    splits = limit_labelled_training(splits, args.label_fraction, args.split_seed)
     if len(splits["val"]) == 0:
         raise ValueError("expected a non-empty validation split (needed for early stopping and calibration)")
     spec = common.spec_from_args(args)
@@ -136,7 +138,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     )
     model = XRayClassifier(config)
     if args.init_from is not None:
-        loaded = load_encoder_weights(model, _state_dict_from(args.init_from))
+        loaded = load_encoder_weights(model, _state_dict_from(args.init_from), strict=True)
         print(f"initialised {len(loaded)} encoder tensors from {args.init_from}")
     model.to(device)
     if device.type == "cuda":

@@ -1,0 +1,191 @@
+"""`xray train add-label`: a new label on a frozen encoder, from few examples (the lecture's "new class").
+
+The base classifier's encoder is kept as it is. Its pooled features for N labelled training images feed an L2
+logistic regression (convex, so a few dozen examples suffice and the answer does not depend on a seed); the fitted
+weights become one more row of the linear head. The head computes each label's logit on its own row
+(`XRayClassifier._logits`), so the first K outputs of the new model are bit-identical to the base model's.
+
+The train/val/test split is rebuilt with the base checkpoint's split settings, so the few examples come from the
+base model's training patients and the new label is tested on its test patients.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import StratifiedKFold, cross_val_score
+
+from models.classifier import ClassifierConfig, XRayClassifier
+from models.preprocessing import PreprocessSpec
+from service.registry import sha256_file
+from training import calibrate, common, evaluate
+from training.datasets import ImageTensorDataset, LabelledImages
+from training.sources import SPEC_HELP, load_splits, policy_from_args
+
+C_GRID = (0.001, 0.01, 0.1, 1.0, 10.0)
+
+
+def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="xray train add-label",
+        description="Add a label to a trained classifier: logistic regression on its frozen encoder's features.",
+        add_help=add_help,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--base", type=Path, required=True, help="the classifier checkpoint (model.ckpt) to extend")
+    parser.add_argument("--label", required=True, help="the new label (a column of the data)")
+    parser.add_argument("--data", action="append", default=None, help=SPEC_HELP + " (default: the base model's --data)")
+    parser.add_argument(
+        "--examples",
+        type=int,
+        default=50,
+        help="labelled training images used; up to half of them positives (few positives are the usual case)",
+    )
+    parser.add_argument("--C", type=float, default=None, help="inverse L2 strength (default: chosen by 5-fold CV)")
+    parser.add_argument(
+        "--target-sensitivity",
+        type=float,
+        default=None,
+        help="threshold for this sensitivity on validation (default: Youden's J)",
+    )
+    parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the AUROC CI")
+    parser.add_argument("--output-dir", type=Path, default=Path("runs/add-label"), help="where model.ckpt goes")
+    parser.add_argument("--seed", type=int, default=0, help="seed for choosing the examples")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    return parser
+
+
+def few_shot_index(labels: np.ndarray, examples: int, rng: np.random.Generator) -> np.ndarray:
+    """Up to examples/2 positives, the rest negatives, among rows whose label is known; sorted indices."""
+    known = ~np.isnan(labels)
+    positives = np.flatnonzero(known & (labels == 1))
+    negatives = np.flatnonzero(known & (labels == 0))
+    if len(positives) < 2 or len(negatives) < 2:
+        raise ValueError(
+            f"expected at least 2 positive and 2 negative training images for the new label, got "
+            f"{len(positives)} and {len(negatives)}"
+        )
+    n_pos = min(len(positives), examples // 2)
+    n_neg = min(len(negatives), examples - n_pos)
+    chosen = np.concatenate([rng.choice(positives, n_pos, replace=False), rng.choice(negatives, n_neg, replace=False)])
+    return np.sort(chosen)
+
+
+@torch.no_grad()
+def pooled_features(model: XRayClassifier, images: LabelledImages, spec: PreprocessSpec, device, progress: bool):
+    """(N, C) float64 pooled encoder features (what the head sees, dropout off) and the (N,) labels."""
+    model.eval()
+    loader = common.loader(ImageTensorDataset(images, spec, progress=progress), 256, shuffle=False)
+    feats, targets = [], []
+    for x, y in loader:
+        feats.append(model.features(x.to(device)).mean(dim=(2, 3)).double().cpu())
+        targets.append(y)
+    return torch.cat(feats).numpy(), torch.cat(targets).numpy()[:, 0]
+
+
+def fit_head(features: np.ndarray, labels: np.ndarray, c: float | None, seed: int) -> tuple[np.ndarray, float, float]:
+    """Standardised L2 logistic regression folded back into raw-feature (weight, bias); returns (w, b, C)."""
+    mean, std = features.mean(axis=0), features.std(axis=0)
+    std[std < 1e-12] = 1.0
+    z = (features - mean) / std
+    if c is None:
+        folds = min(5, int(labels.sum()), int((1 - labels).sum()))
+        if folds >= 2:
+            cv = StratifiedKFold(folds, shuffle=True, random_state=seed)
+            scores = [
+                cross_val_score(LogisticRegression(C=value, max_iter=5000), z, labels, cv=cv, scoring="roc_auc").mean()
+                for value in C_GRID
+            ]
+            c = C_GRID[int(np.argmax(scores))]
+        else:
+            c = 1.0
+    fitted = LogisticRegression(C=c, max_iter=5000).fit(z, labels)
+    weight = fitted.coef_[0] / std
+    bias = float(fitted.intercept_[0] - np.sum(fitted.coef_[0] * mean / std))
+    return weight, bias, float(c)
+
+
+def main(args: argparse.Namespace) -> dict[str, Any]:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = common.select_device(args.device)
+    base = common.load_checkpoint(args.base, kind="classifier")
+    model = XRayClassifier(ClassifierConfig.from_dict(base["config"]))
+    model.load_state_dict(base["model"])
+    model.to(device).eval()
+    if args.label in model.labels:
+        raise ValueError(f"the base model already has {args.label!r}; its labels are {list(model.labels)}")
+    spec = PreprocessSpec.from_dict(base["spec"])
+    base_args = argparse.Namespace(**base["args"])
+    data = args.data or base_args.data
+    splits = load_splits(data, policy_from_args(base_args))
+    if args.label not in splits["train"].label_names:
+        raise ValueError(f"{args.label!r} is not a label of {data}; available: {list(splits['train'].label_names)}")
+    splits = {name: split.select_labels([args.label]) for name, split in splits.items()}
+    rng = np.random.default_rng(args.seed)
+    chosen = few_shot_index(splits["train"].labels[:, 0], args.examples, rng)
+    progress = not args.quiet
+    train_x, train_y = pooled_features(model, splits["train"].subset(chosen), spec, device, progress)
+    weight, bias, c = fit_head(train_x, train_y, args.C, args.seed)
+
+    model.add_head(args.label)
+    with torch.no_grad():
+        model.head.weight[-1] = torch.as_tensor(weight, dtype=model.head.weight.dtype)
+        model.head.bias[-1] = torch.as_tensor(bias, dtype=model.head.bias.dtype)
+    head = {"weight": weight, "bias": bias}
+
+    def new_label_scores(images: LabelledImages) -> tuple[np.ndarray, np.ndarray]:
+        x, y = pooled_features(model, images, spec, device, progress)
+        return 1.0 / (1.0 + np.exp(-(x @ head["weight"] + head["bias"]))), y
+
+    val_p, val_y = new_label_scores(splits["val"])
+    threshold = calibrate.label_thresholds(
+        [args.label], val_y[:, None], val_p[:, None], target_sensitivity=args.target_sensitivity
+    )
+    test_name = "test" if len(splits["test"]) else "val"
+    test_p, test_y = new_label_scores(splits[test_name]) if test_name == "test" else (val_p, val_y)
+    table = evaluate.label_metrics(
+        [args.label], test_y[:, None], test_p[:, None], threshold, n_boot=args.bootstrap, seed=args.seed
+    )
+    added = {
+        "label": args.label,
+        "examples": len(chosen),
+        "positives": int(train_y.sum()),
+        "C": c,
+        "split": test_name,
+        "metrics": table[0].to_dict(),
+        "base": str(args.base),
+        "base_sha256": sha256_file(args.base),
+    }
+    print(
+        f"{args.label}: {len(chosen)} examples ({added['positives']} positive), C={c:g}\n"
+        f"{evaluate.format_metrics(table)}"
+    )
+    metrics = dict(base.get("metrics", {}))
+    metrics["labels"] = [*metrics.get("labels", []), table[0].to_dict()]
+    metrics["added_labels"] = [*metrics.get("added_labels", []), added]
+    out_dir = Path(args.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    checkpoint = {
+        **{k: v for k, v in base.items() if k not in ("model", "config", "labels", "thresholds", "metrics")},
+        "model": model.state_dict(),
+        "config": model.config.to_dict(),
+        "labels": list(model.labels),
+        "thresholds": {**base.get("thresholds", {}), **threshold},
+        "metrics": metrics,
+    }
+    common.save_checkpoint(out_dir / "model.ckpt", checkpoint)
+    (out_dir / "add_label.json").write_text(json.dumps(added, indent=2))
+    return {"checkpoint": out_dir / "model.ckpt", "added": added, "model": model}
+
+
+if __name__ == "__main__":
+    main(get_args_parser().parse_args())
