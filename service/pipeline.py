@@ -128,21 +128,12 @@ class Pipeline:
             )
             batcher.start()
             self._batchers[role] = batcher
-            manifest = session.model.manifest
-            self.metrics.model_info.labels(
-                role, session.model.name, str(session.model.version), manifest.precision, session.device
-            ).set(1)
 
     async def close(self) -> None:
         """Wait for the requests inside this pipeline to finish, then stop its batchers."""
         await self._idle.wait()
-        for role, batcher in self._batchers.items():
+        for batcher in self._batchers.values():
             await batcher.close()
-            session = self.sessions()[role]
-            manifest = session.model.manifest
-            self.metrics.model_info.remove(
-                role, session.model.name, str(session.model.version), manifest.precision, session.device
-            )
 
     def enter(self) -> None:
         self.inflight += 1

@@ -47,6 +47,7 @@ class ModelManager:
         except Exception as error:
             self.load_error = f"{type(error).__name__}: {error}"
             raise
+        self._publish()
         log.info("models loaded", extra={"models": self.current.describe()["models"]})
 
     async def reload(self) -> tuple[dict, dict]:
@@ -55,12 +56,23 @@ class ModelManager:
             new = await self._build()
             old, self.current = self.current, new
             self.reloads += 1
+            self._publish()
             if old is not None:
                 task = asyncio.get_running_loop().create_task(old.close())
                 self._retiring.add(task)
                 task.add_done_callback(self._retiring.discard)
             log.info("models reloaded", extra={"models": new.describe()["models"]})
             return (old.describe() if old else {}), new.describe()
+
+    def _publish(self) -> None:
+        """The xray_model_loaded gauge names exactly the models serving now."""
+        gauge = self.metrics.model_info
+        gauge.clear()
+        if self.current is None:
+            return
+        for role, session in self.current.sessions().items():
+            model = session.model
+            gauge.labels(role, model.name, str(model.version), model.manifest.precision, session.device).set(1)
 
     @asynccontextmanager
     async def acquire(self) -> AsyncIterator[Pipeline]:

@@ -322,3 +322,27 @@ def test_pixel_limit_is_422_before_decoding() -> None:
 def test_problem_bodies_are_json_with_the_problem_media_type(client: TestClient) -> None:
     response = client.post("/v1/predict", content=b"x", headers={"content-type": "text/plain"})
     assert json.loads(response.content)["type"].endswith("/unsupported_media_type")
+
+
+def test_reload_swaps_and_keeps_the_loaded_models_gauge_exact(client: TestClient) -> None:
+    before = client.get("/v1/models").json()
+    body = client.post("/v1/models/reload").json()
+    assert body["status"] == "reloaded"
+    assert body["before"]["models"]["classifier"]["sha256"] == body["after"]["models"]["classifier"]["sha256"]
+    assert client.get("/v1/models").json()["models"]["classifier"]["sha256"] == before["models"]["classifier"]["sha256"]
+    assert client.post("/v1/predict", content=phantom_png(7), headers={"content-type": "image/png"}).status_code == 200
+    loaded = [line for line in client.get("/metrics").text.splitlines() if line.startswith("xray_model_loaded{")]
+    assert len(loaded) == 2 and all(line.endswith(" 1.0") for line in loaded), loaded
+
+
+def test_reload_failure_keeps_serving_the_previous_models(tmp_path) -> None:
+    from tests.service.conftest import copy_registry
+
+    registry = copy_registry(tmp_path / "registry")
+    with TestClient(create_app(service_settings(registry_dir=registry.root))) as local:
+        (registry.root / "model_set.json").write_text("{not json")
+        body = assert_problem(local.post("/v1/models/reload"), 409, "reload_failed")
+        assert "still serving the previous set" in body["detail"]
+        assert (
+            local.post("/v1/predict", content=phantom_png(8), headers={"content-type": "image/png"}).status_code == 200
+        )

@@ -1,0 +1,276 @@
+"""The measurements behind issue 4 (not a test): unsupervised pre-training, add-label, classic baseline.
+
+    python experiments/training_part_two.py [--shared ../shared/data] [--out experiments/results] [--quick]
+
+1. Pre-training with 10% of the labels (NIH1000): an autoencoder on all training images (labels unused, the same
+   patient split, so test patients stay unseen), then classifiers on a fixed 10% of the labelled training images,
+   encoder initialised from the autoencoder vs at random, 3 seeds each: test AUROC mean +- sd.
+2. add-label (NIH1000): a base model without Effusion; Effusion added back from 50 labelled examples on the frozen
+   encoder (3 draws of the examples) vs the same recipe trained with Effusion from the start.
+3. Classic vs CNN: `xray eval` (filter bank + pooling + logistic regression trained on the same split) for the
+   NIH1000 model and a PneumoniaMNIST model.
+Results: JSON and a Markdown summary in --out. Reports with images stay in --work (they show dataset images).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from training import add_label, report, train_autoencoder, train_classifier
+
+ROOT = Path(__file__).resolve().parents[1]
+NIH_LABELS = ("Abnormal", "Effusion", "Infiltration", "Atelectasis", "Cardiomegaly")
+SPLIT = ["--val-fraction", "0.10", "--test-fraction", "0.25", "--split-seed", "0"]
+RECIPE = ["--input-size", "64", "--optimizer", "adamw", "--lr", "3e-3", "--weight-decay", "0.01", "--pos-weight"]
+RECIPE += ["--ema-decay", "0.99"]
+
+
+def classifier(work: Path, name: str, *argv: str) -> dict:
+    args = train_classifier.get_args_parser().parse_args(
+        [*argv, "--output-dir", str(work / name), "--quiet", "--bootstrap", "1000"]
+    )
+    start = time.perf_counter()
+    result = train_classifier.main(args)
+    metrics = result["metrics"]
+    per_label = {row["label"]: row["auroc"] for row in metrics["labels"]}
+    print(f"{name}: mean {metrics['mean_auroc']:.3f} {per_label} ({time.perf_counter() - start:.0f} s)", flush=True)
+    return {
+        "checkpoint": str(result["checkpoint"]),
+        "mean_auroc": metrics["mean_auroc"],
+        "auroc": per_label,
+        "best_epoch": metrics["best_epoch"],
+        "seconds": time.perf_counter() - start,
+    }
+
+
+def summary(values: list[float]) -> dict:
+    return {
+        "mean": statistics.fmean(values),
+        "sd": statistics.stdev(values) if len(values) > 1 else 0.0,
+        "values": values,
+    }
+
+
+def pretraining(nih: str, work: Path, epochs: int, seeds: list[int]) -> dict:
+    ae_args = train_autoencoder.get_args_parser().parse_args(
+        [
+            "--data",
+            nih,
+            *SPLIT,
+            "--input-size",
+            "64",
+            "--width",
+            "32",
+            "--bottleneck",
+            "64",
+            "--epochs",
+            str(epochs),
+            "--output-dir",
+            str(work / "ae"),
+            "--quiet",
+        ]
+    )
+    ae = train_autoencoder.main(ae_args)["checkpoint"]
+    rows: dict[str, list[dict]] = {"random": [], "autoencoder": []}
+    for seed in seeds:
+        common = [
+            "--data",
+            nih,
+            "--labels",
+            ",".join(NIH_LABELS),
+            *SPLIT,
+            *RECIPE,
+            "--label-fraction",
+            "0.1",
+            "--epochs",
+            "40",
+            "--seed",
+            str(seed),
+        ]
+        rows["random"].append(classifier(work, f"pre_random_s{seed}", *common))
+        rows["autoencoder"].append(classifier(work, f"pre_ae_s{seed}", *common, "--init-encoder", str(ae)))
+    return {
+        "autoencoder": str(ae),
+        "label_fraction": 0.1,
+        "seeds": seeds,
+        "random_init": summary([r["mean_auroc"] for r in rows["random"]]),
+        "autoencoder_init": summary([r["mean_auroc"] for r in rows["autoencoder"]]),
+        "per_label": {
+            init: {label: summary([r["auroc"][label] for r in runs]) for label in NIH_LABELS}
+            for init, runs in rows.items()
+        },
+        "runs": rows,
+    }
+
+
+def adding_a_label(nih: str, work: Path, label: str, draws: int) -> dict:
+    common = ["--data", nih, *SPLIT, *RECIPE, "--epochs", "25"]
+    full = classifier(work, "with_label", *common, "--labels", ",".join(NIH_LABELS))
+    base_labels = [name for name in NIH_LABELS if name != label]
+    base = classifier(work, "without_label", *common, "--labels", ",".join(base_labels))
+    added = []
+    for seed in range(draws):
+        args = add_label.get_args_parser().parse_args(
+            [
+                "--base",
+                base["checkpoint"],
+                "--label",
+                label,
+                "--examples",
+                "50",
+                "--seed",
+                str(seed),
+                "--output-dir",
+                str(work / f"added_s{seed}"),
+                "--quiet",
+            ]
+        )
+        added.append(add_label.main(args)["added"])
+    added_auroc = [row["metrics"]["auroc"] for row in added]
+    return {
+        "label": label,
+        "from_the_start": full["auroc"][label],
+        "added_from_50_examples": summary(added_auroc),
+        "ratio_mean": statistics.fmean(added_auroc) / full["auroc"][label],
+        "base_labels": base_labels,
+        "base_mean_auroc": base["mean_auroc"],
+        "full_model": full,
+        "added": added,
+    }
+
+
+def classic_vs_cnn(checkpoint: str, work: Path, name: str) -> dict:
+    args = report.get_args_parser().parse_args(
+        ["--checkpoint", checkpoint, "--output-dir", str(work / f"report_{name}"), "--quiet"]
+    )
+    body = report.main(args)["report"]
+    return {
+        "comparison": body["comparison"],
+        "per_label": {
+            row["label"]: {
+                "cnn": row["auroc"],
+                "filter_bank": row.get("baseline_auroc"),
+                "auprc": row.get("auprc"),
+                "ece": row.get("ece"),
+            }
+            for row in body["labels"]
+        },
+        "baseline_C": body["baseline"]["C"] if body.get("baseline") else None,
+        "report": str(work / f"report_{name}" / "index.html"),
+    }
+
+
+def markdown(results: dict) -> str:
+    lines = ["# Training part two: measured results", ""]
+    pre = results.get("pretraining")
+    if pre:
+        r, a = pre["random_init"], pre["autoencoder_init"]
+        lines += [
+            "## Unsupervised pre-training, NIH1000, 10% of the training labels",
+            "",
+            f"| init | mean test AUROC (mean ± sd over seeds {pre['seeds']}) | runs |",
+            "|---|---|---|",
+            f"| random | {r['mean']:.3f} ± {r['sd']:.3f} | {', '.join(f'{v:.3f}' for v in r['values'])} |",
+            f"| autoencoder | {a['mean']:.3f} ± {a['sd']:.3f} | {', '.join(f'{v:.3f}' for v in a['values'])} |",
+            "",
+        ]
+    add = results.get("add_label")
+    if add:
+        d = add["added_from_50_examples"]
+        lines += [
+            f"## add-label: {add['label']} on the frozen encoder, NIH1000",
+            "",
+            "| model | test AUROC |",
+            "|---|---|",
+            f"| trained with {add['label']} from the start | {add['from_the_start']:.3f} |",
+            f"| added from 50 examples (3 draws) | {d['mean']:.3f} ± {d['sd']:.3f} |",
+            f"| ratio | {add['ratio_mean']:.2f} (goal >= 0.90) |",
+            "",
+        ]
+    for name in ("nih1000", "pneumoniamnist"):
+        row = results.get(f"classic_{name}")
+        if row:
+            lines += [f"## Classic filter bank vs CNN: {name}", "", "| model | mean test AUROC |", "|---|---|"]
+            lines += [f"| {c['model']} | {c['mean_auroc']:.3f} |" for c in row["comparison"]]
+            lines += ["", "| label | CNN | filter bank |", "|---|---|---|"]
+            lines += [
+                f"| {label} | {v['cnn']:.3f} | {v['filter_bank']:.3f} |"
+                for label, v in row["per_label"].items()
+                if v["cnn"] is not None and v["filter_bank"] is not None
+            ]
+            lines.append("")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shared", type=Path, default=ROOT.parent / "shared" / "data", help="the shared data root")
+    parser.add_argument("--out", type=Path, default=ROOT / "experiments" / "results", help="JSON + Markdown here")
+    parser.add_argument("--work", type=Path, default=ROOT / "runs" / "experiments", help="checkpoints and reports")
+    parser.add_argument("--only", default="pretraining,add_label,classic", help="comma-separated parts to run")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    nih = f"nih:{args.shared / 'nih1000' / 'Data_Entry_subset.csv'}"
+    pneumonia = f"medmnist:{args.shared / 'pneumoniamnist' / 'pneumoniamnist.npz'}"
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / "training_part_two.json"
+    results = json.loads(path.read_text()) if path.exists() else {}
+    parts = args.only.split(",")
+
+    def save() -> None:
+        path.write_text(json.dumps(results, indent=2, default=str))
+        (args.out / "training_part_two.md").write_text(markdown(results))
+
+    if "add_label" in parts:
+        results["add_label"] = adding_a_label(nih, args.work / "add_label", "Effusion", draws=3)
+        save()
+    if "classic" in parts:
+        nih_model = results.get("add_label", {}).get("full_model", {}).get("checkpoint")
+        if nih_model is None:
+            nih_model = classifier(
+                args.work / "classic",
+                "nih",
+                "--data",
+                nih,
+                "--labels",
+                ",".join(NIH_LABELS),
+                *SPLIT,
+                *RECIPE,
+                "--epochs",
+                "25",
+            )["checkpoint"]
+        results["classic_nih1000"] = classic_vs_cnn(nih_model, args.work / "classic", "nih1000")
+        save()
+        pneumonia_model = classifier(
+            args.work / "classic",
+            "pneumoniamnist",
+            "--data",
+            pneumonia,
+            "--input-size",
+            "28",
+            "--epochs",
+            "6",
+            "--batch-size",
+            "64",
+            "--ema-decay",
+            "0.99",
+        )
+        results["classic_pneumoniamnist"] = classic_vs_cnn(
+            pneumonia_model["checkpoint"], args.work / "classic", "pneumoniamnist"
+        )
+        save()
+    if "pretraining" in parts:
+        results["pretraining"] = pretraining(nih, args.work / "pretraining", epochs=30, seeds=[0, 1, 2])
+        save()
+    print(markdown(results))
+
+
+if __name__ == "__main__":
+    main()
