@@ -346,3 +346,41 @@ def test_reload_failure_keeps_serving_the_previous_models(tmp_path) -> None:
         assert (
             local.post("/v1/predict", content=phantom_png(8), headers={"content-type": "image/png"}).status_code == 200
         )
+
+
+def test_full_queue_answers_503_with_retry_after_at_once() -> None:
+    import threading
+    import time
+
+    release = threading.Event()
+    with TestClient(create_app(service_settings(max_queue=1, max_batch_size=1, retry_after_s=3))) as local:
+        batcher = local.app.state.manager.current._batchers["classifier"]
+        run = batcher._run_batch
+
+        def blocked(batch):  # the session is busy until the test releases it
+            release.wait(10)
+            return run(batch)
+
+        batcher._run_batch = blocked
+        png = {"content-type": "image/png"}
+        results: list[int] = []
+        senders = [
+            threading.Thread(
+                target=lambda: results.append(local.post("/v1/predict", content=phantom_png(), headers=png).status_code)
+            )
+            for _ in range(2)
+        ]
+        for sender in senders:  # one request inside the session, one waiting in the queue
+            sender.start()
+            time.sleep(0.3)
+        start = time.perf_counter()
+        response = local.post("/v1/predict", content=phantom_png(), headers=png)
+        waited = time.perf_counter() - start
+        release.set()
+        for sender in senders:
+            sender.join(10)
+        body = assert_problem(response, 503, "queue_full")
+        assert response.headers["retry-after"] == "3" and "waiting" in body["detail"]
+        assert waited < 2.0
+        assert sorted(results) == [200, 200], "the queued requests still finish"
+        assert "xray_queue_rejections_total 1.0" in local.get("/metrics").text
