@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import roc_auc_score
 
 from models.classifier import ClassifierConfig, XRayClassifier
 from models.preprocessing import PreprocessSpec
@@ -86,6 +87,21 @@ def test_fit_head_folds_the_standardisation_into_raw_weights() -> None:
     assert c == 1.0
     _, _, chosen = add_label.fit_head(x, y, None, seed=0)
     assert chosen in add_label.C_GRID
+
+
+def test_c_is_chosen_on_validation_or_by_cv_when_validation_has_one_class() -> None:
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(120, 6))
+    y = (x[:, 0] + 0.5 * rng.normal(size=120) > 0).astype(float)
+    chosen = add_label.choose_c_on_validation(x[:50], y[:50], x[50:], y[50:], seed=0)
+    assert chosen in add_label.C_GRID
+    weight, bias, _ = add_label.fit_head(x[:50], y[:50], chosen, seed=0)
+    best = max(
+        roc_auc_score(y[50:], x[50:] @ w + b)
+        for w, b, _ in (add_label.fit_head(x[:50], y[:50], c, seed=0) for c in add_label.C_GRID)
+    )
+    assert roc_auc_score(y[50:], x[50:] @ weight + bias) == best
+    assert add_label.choose_c_on_validation(x[:50], y[:50], x[50:], np.zeros(70), seed=0) in add_label.C_GRID
 
 
 def test_init_encoder_transfers_the_autoencoder_encoder(tmp_path) -> None:
