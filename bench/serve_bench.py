@@ -30,7 +30,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
-import numpy as np
+
+# as `xray serve` does (service.serve.limit_blas_threads), so the in-process numbers compare like for like
+for _name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_name, "1")
+
+import numpy as np  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -299,15 +304,16 @@ def main(args: argparse.Namespace) -> dict:
     finally:
         process.terminate()
         process.wait(timeout=30)
+    classifier_ref = f'model="{served["models"]["classifier"]["name"]}@{served["models"]["classifier"]["version"]}"'
     batch_sum = sum(
         float(line.split()[-1])
         for line in metrics.splitlines()
-        if line.startswith("xray_batch_size_sum") and "classifier" in line
+        if line.startswith("xray_batch_size_sum") and classifier_ref in line
     )
     batch_count = sum(
         float(line.split()[-1])
         for line in metrics.splitlines()
-        if line.startswith("xray_batch_size_count") and "classifier" in line
+        if line.startswith("xray_batch_size_count") and classifier_ref in line
     )
     result = {
         "when": datetime.now(UTC).isoformat(timespec="seconds"),

@@ -216,10 +216,14 @@ def serve(
     ] = None,
 ) -> None:
     """Serve the registry's model set over HTTP (FastAPI + ONNX Runtime; no torch is imported)."""
-    from service.logs import configure_logging
+    from service.serve import limit_blas_threads
     from service.serve import serve as run_server
 
     settings = get_settings()
+    limit_blas_threads(settings.blas_threads)  # before anything imports numpy
+
+    from service.logs import configure_logging
+
     configure_logging(settings.log_level, settings.log_json)
     run_server(settings, host or settings.host, port or settings.port, workers or settings.workers)
 

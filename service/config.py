@@ -40,6 +40,9 @@ class Settings(BaseSettings):
     ort_spinning: bool = Field(
         default=False, description="let idle ONNX Runtime threads spin-wait (faster only on cores nothing else uses)"
     )
+    blas_threads: int = Field(
+        default=1, ge=1, description="numpy's BLAS threads in `xray serve` (requests already run in parallel)"
+    )
     decode_threads: int = Field(default=2, ge=1, description="threads that decode and preprocess uploads")
     max_batch_size: int = Field(default=16, ge=1, description="micro-batcher: largest batch sent to a session")
     max_batch_delay_ms: float = Field(default=5.0, ge=0, description="micro-batcher: longest wait to fill a batch")

@@ -44,3 +44,14 @@ def test_cpu_workers_split_the_cores() -> None:
     assert one[0].env["XRAY_INTRA_OP_THREADS"] == "1"
     explicit = plan_workers(service_settings(intra_op_threads=3), workers=2, gpus=[], cpu_count=16)
     assert explicit[0].env["XRAY_INTRA_OP_THREADS"] == "3"
+
+
+def test_blas_threads_are_capped_unless_the_environment_says_otherwise(monkeypatch) -> None:
+    for name in serve.BLAS_THREAD_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("OMP_NUM_THREADS", "4")
+    serve.limit_blas_threads(1)
+    import os
+
+    assert os.environ["OPENBLAS_NUM_THREADS"] == "1" and os.environ["MKL_NUM_THREADS"] == "1"
+    assert os.environ["OMP_NUM_THREADS"] == "4"
