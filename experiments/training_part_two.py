@@ -7,7 +7,9 @@
    encoder initialised from the autoencoder vs at random, 3 seeds each: test AUROC mean +- sd.
 2. add-label (NIH1000): a base model without Effusion; Effusion added back from 50 labelled examples on the frozen
    encoder (3 draws of the examples) vs the same recipe trained with Effusion from the start.
-3. Classic vs CNN: `xray eval` (filter bank + pooling + logistic regression trained on the same split) for the
+3. The pre-training autoencoder as an outlier gate, against the images given with --outliers (part
+   autoencoder_report, run with --only autoencoder_report --outliers DIR).
+4. Classic vs CNN: `xray eval` (filter bank + pooling + logistic regression trained on the same split) for the
    NIH1000 model and a PneumoniaMNIST model.
 Results: JSON and a Markdown summary in --out. Reports with images stay in --work (they show dataset images).
 """
@@ -171,6 +173,27 @@ def classic_vs_cnn(checkpoint: str, work: Path, name: str) -> dict:
     }
 
 
+def autoencoder_report(checkpoint: str, outliers: list[Path], work: Path) -> dict:
+    args = report.get_args_parser().parse_args(
+        ["--checkpoint", checkpoint, "--output-dir", str(work / "report_autoencoder"), "--quiet"]
+        + [item for path in outliers for item in ("--outliers", str(path))]
+    )
+    body = report.main(args)["report"]
+    keys = (
+        "split",
+        "images_evaluated",
+        "outlier_images",
+        "outlier_images_skipped",
+        "threshold",
+        "chest_flagged_fraction",
+        "outlier_auroc",
+        "outlier_auroc_ci",
+        "outliers_flagged_fraction",
+        "codes",
+    )
+    return {key: body.get(key) for key in keys}
+
+
 def markdown(results: dict) -> str:
     lines = ["# Training part two: measured results", ""]
     pre = results.get("pretraining")
@@ -204,6 +227,18 @@ def markdown(results: dict) -> str:
                 f"(ratio {add['ratio_mean_cv']:.2f}) |"
             )
         lines.append("")
+    ae = results.get("autoencoder_report")
+    if ae:
+        ci = ae["outlier_auroc_ci"]
+        lines += [
+            "## The pre-training autoencoder as an outlier gate (`xray eval --outliers`)",
+            "",
+            f"{ae['images_evaluated']} NIH1000 test films vs {ae['outlier_images']} non-chest images: outlier "
+            f"AUROC {ae['outlier_auroc']:.3f} (95% CI {ci[0]:.3f}-{ci[1]:.3f}); at the p99 validation threshold "
+            f"{ae['chest_flagged_fraction']:.1%} of test films and {ae['outliers_flagged_fraction']:.1%} of the "
+            f"non-chest images are flagged. Not readable: {', '.join(ae['outlier_images_skipped']) or 'none'}.",
+            "",
+        ]
     for name in ("nih1000", "pneumoniamnist"):
         row = results.get(f"classic_{name}")
         if row:
@@ -226,6 +261,13 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=ROOT / "runs" / "experiments", help="checkpoints and reports")
     parser.add_argument("--only", default="pretraining,add_label,classic", help="comma-separated parts to run")
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
+    parser.add_argument(
+        "--outliers",
+        type=Path,
+        action="append",
+        default=[],
+        help="non-chest images for the autoencoder part (e.g. the non-chest DICOMs of shared/data plus photos)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     nih = f"nih:{args.shared / 'nih1000' / 'Data_Entry_subset.csv'}"
@@ -279,6 +321,10 @@ def main() -> None:
         save()
     if "pretraining" in parts:
         results["pretraining"] = pretraining(nih, args.work / "pretraining", epochs=30, seeds=[0, 1, 2])
+        save()
+    if "autoencoder_report" in parts and args.outliers:
+        checkpoint = results["pretraining"]["autoencoder"]
+        results["autoencoder_report"] = autoencoder_report(checkpoint, args.outliers, args.work)
         save()
     print(markdown(results))
 
