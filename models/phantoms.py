@@ -322,8 +322,12 @@ def _place_disk(rng: np.random.Generator, lungs: np.ndarray, radius: float, trie
 
 
 def _add_opacity(
-    rng: np.random.Generator, density: np.ndarray, lungs: np.ndarray, diameter: tuple[float, float],
-    amplitude: tuple[float, float], lobulation: float,
+    rng: np.random.Generator,
+    density: np.ndarray,
+    lungs: np.ndarray,
+    diameter: tuple[float, float],
+    amplitude: tuple[float, float],
+    lobulation: float,
 ) -> Box:
     s = density.shape[0]
     radius = rng.uniform(*diameter) * s / 2

@@ -177,22 +177,29 @@ def _weights(n_in: int, n_out: int, interpolation: Interpolation) -> np.ndarray:
     return result
 
 
-def map_to_image(square: np.ndarray, height: int, width: int, spec: PreprocessSpec) -> np.ndarray:
+def map_to_image(
+    square: np.ndarray, height: int, width: int, spec: PreprocessSpec, out_shape: tuple[int, int] | None = None
+) -> np.ndarray:
     """Undo `resize_square`'s geometry for a map over the model input (e.g. an upsampled CAM).
 
-    `square` is (s, s) over the model's (size, size) input at any resolution s; returns (height, width) float32 in
-    the image's own pixel grid. Regions the model never saw (cut off by "crop") are NaN.
+    `square` is (s, s) over the model's (size, size) input at any resolution s; `height` x `width` is the image the
+    model saw. Returns the map over that image, resampled to `out_shape` (default: (height, width)), for example a
+    display-sized copy of the film. Regions the model never saw (cut off by "crop") are NaN.
     """
     square = np.asarray(square, dtype=np.float32)
     if square.ndim != 2 or square.shape[0] != square.shape[1]:
         raise ValueError(f"expected a square 2-D map, got shape {square.shape}")
+    out_h, out_w = out_shape or (height, width)
     if spec.resize == "stretch":
-        return resample(square, height, width, "bilinear")
+        return resample(square, out_h, out_w, "bilinear")
     if spec.resize == "crop":
         side = min(height, width)
         top, left = (height - side) // 2, (width - side) // 2
-        out = np.full((height, width), np.nan, dtype=np.float32)
-        out[top : top + side, left : left + side] = resample(square, side, side, "bilinear")
+        scale_y, scale_x = out_h / height, out_w / width
+        y0, y1 = round(top * scale_y), round((top + side) * scale_y)
+        x0, x1 = round(left * scale_x), round((left + side) * scale_x)
+        out = np.full((out_h, out_w), np.nan, dtype=np.float32)
+        out[y0:y1, x0:x1] = resample(square, y1 - y0, x1 - x0, "bilinear")
         return out
     # letterbox: the content occupies a centred (new_h, new_w) window of the (size, size) input
     size = spec.size
@@ -201,4 +208,4 @@ def map_to_image(square: np.ndarray, height: int, width: int, spec: PreprocessSp
     top, left = (size - new_h) // 2, (size - new_w) // 2
     over_input = resample(square, size, size, "bilinear")  # (size, size), same grid as the model input
     content = over_input[top : top + new_h, left : left + new_w]
-    return resample(content, height, width, "bilinear")
+    return resample(content, out_h, out_w, "bilinear")

@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.responses import RedirectResponse
 
+from service.admission import Admission
 from service.config import Settings, get_settings
 from service.errors import install_error_handlers
 from service.logs import configure_logging
@@ -27,7 +28,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     configure_logging(settings.log_level, settings.log_json)
     keyring = KeyRing.parse(settings.api_keys)  # a malformed XRAY_API_KEYS stops startup, not the first request
-    metrics = ServiceMetrics()
+    metrics = ServiceMetrics(settings.prometheus_multiproc_dir)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -52,6 +53,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.keyring = keyring
     app.state.metrics = metrics
     app.state.manager = ModelManager(settings, metrics)
+    app.state.admission = Admission(settings.max_active_uploads)
     install_error_handlers(app)
     app.add_middleware(RequestContextMiddleware, metrics=metrics, max_upload_bytes=settings.max_upload_bytes)
     for router in (health.router, models.router, predict.router):

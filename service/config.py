@@ -6,7 +6,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -46,7 +46,13 @@ class Settings(BaseSettings):
     decode_threads: int = Field(default=2, ge=1, description="threads that decode and preprocess uploads")
     max_batch_size: int = Field(default=16, ge=1, description="micro-batcher: largest batch sent to a session")
     max_batch_delay_ms: float = Field(default=5.0, ge=0, description="micro-batcher: longest wait to fill a batch")
-    max_queue: int = Field(default=256, ge=1, description="micro-batcher: queued images before answering 503")
+    max_queue: int = Field(default=128, ge=1, description="micro-batcher: queued images before answering 503")
+    max_active_uploads: int = Field(
+        default=128, ge=1, description="uploads being received, decoded or scored at once; more get 503 unread"
+    )
+    drain_timeout_s: float = Field(
+        default=30.0, gt=0, description="how long a reload or shutdown waits for requests still in flight"
+    )
     retry_after_s: int = Field(default=1, ge=1, description="Retry-After sent with 503 when the queue is full")
     max_upload_bytes: int = Field(default=64 * 1024 * 1024, description="larger uploads are refused with 413")
     max_pixels: int = Field(default=50_000_000, description="pixel-count limit checked from the image header")
@@ -56,6 +62,11 @@ class Settings(BaseSettings):
         default_factory=list,
         description="comma-separated 'scope:sha256hex' entries (scope admin or user); empty = no authentication. "
         "`xray keys new --scope admin` makes a key and its entry",
+    )
+    prometheus_multiproc_dir: Path | None = Field(
+        default=None,
+        validation_alias=AliasChoices("PROMETHEUS_MULTIPROC_DIR", "XRAY_PROMETHEUS_MULTIPROC_DIR"),
+        description="shared metrics folder of several worker processes (set by `xray serve --workers N`)",
     )
     log_level: str = "INFO"
     log_json: bool = Field(default=True, description="structured JSON log lines (false: plain text)")

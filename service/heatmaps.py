@@ -38,10 +38,15 @@ def film_for_display(pixels: np.ndarray, max_side: int) -> np.ndarray:
     return resample(pixels, h, w, "area" if h < pixels.shape[0] else "bilinear")
 
 
-def evidence_map(cam: np.ndarray, film_shape: tuple[int, int], spec: PreprocessSpec) -> np.ndarray:
-    """(h, w) CAM in logits -> (H, W) positive evidence in [0, 1] over the film (0 where the model saw nothing)."""
+def evidence_map(
+    cam: np.ndarray, film_shape: tuple[int, int], spec: PreprocessSpec, out_shape: tuple[int, int] | None = None
+) -> np.ndarray:
+    """(h, w) CAM in logits -> positive evidence in [0, 1] over the film (0 where the model saw nothing).
+
+    `film_shape` is the decoded film the model saw (its geometry decides the letterbox window); the map comes out
+    at `out_shape` (default: the film's own size)."""
     height, width = film_shape
-    over_film = map_to_image(cam, height, width, spec)
+    over_film = map_to_image(cam, height, width, spec, out_shape)
     positive = np.nan_to_num(np.clip(over_film, 0.0, None), nan=0.0)
     peak = float(positive.max())
     return positive / peak if peak > 1e-6 else np.zeros_like(positive)
@@ -61,6 +66,10 @@ def png_bytes(rgb: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def render_overlay(film: np.ndarray, cam: np.ndarray, spec: PreprocessSpec) -> bytes:
-    """`film` already at display size; `cam` (h, w) for one label -> PNG bytes."""
-    return png_bytes(overlay(film, evidence_map(cam, film.shape, spec)))
+def render_overlay(
+    display: np.ndarray, cam: np.ndarray, spec: PreprocessSpec, film_shape: tuple[int, int] | None = None
+) -> bytes:
+    """`display`: the film at display size; `cam` (h, w) for one label; `film_shape`: the decoded film's size
+    (default: the display's) -> overlay PNG bytes."""
+    evidence = evidence_map(cam, film_shape or display.shape, spec, display.shape)
+    return png_bytes(overlay(display, evidence))

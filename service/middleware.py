@@ -14,7 +14,7 @@ import uuid
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.errors import PROBLEM_MEDIA_TYPE, PROBLEM_TYPE_BASE, ProblemError
+from service.errors import PROBLEM_MEDIA_TYPE, ProblemError, problem_body
 from service.metrics import ServiceMetrics
 
 log = logging.getLogger("service.access")
@@ -85,15 +85,7 @@ class RequestContextMiddleware:
 
     @staticmethod
     async def _refuse(send: Send, error: ProblemError, request_id: str) -> None:
-        body = json.dumps(
-            {
-                "type": PROBLEM_TYPE_BASE + error.code,
-                "title": error.title,
-                "status": error.status,
-                "detail": error.detail,
-                "code": error.code,
-            }
-        ).encode()
+        body = json.dumps(problem_body(error.status, error.code, error.detail, error.title)).encode()
         await send(
             {
                 "type": "http.response.start",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -23,12 +24,17 @@ from service.engine import CPU, ModelSession, open_session, requested_providers
 from service.metrics import ServiceMetrics
 from service.registry import INTENDED_USE, ModelSet, ResolvedModel
 
+log = logging.getLogger("service.pipeline")
 ABNORMAL_LABEL = "Abnormal"
 RADIOGRAPH_MODALITIES = frozenset({"CR", "DX", "RG", "DR"})  # projection radiography; DR is a legacy value
 
 
 class UnknownLabelError(ValueError):
     pass
+
+
+class NoHeatmapsError(ValueError):
+    """Heatmaps were asked of a classifier exported without class activation maps."""
 
 
 @dataclass
@@ -129,9 +135,12 @@ class Pipeline:
             batcher.start()
             self._batchers[role] = batcher
 
-    async def close(self) -> None:
-        """Wait for the requests inside this pipeline to finish, then stop its batchers."""
-        await self._idle.wait()
+    async def close(self, drain_timeout_s: float | None = None) -> None:
+        """Wait (at most `drain_timeout_s`) for the requests inside this pipeline to finish, then stop its batchers."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), drain_timeout_s)
+        except TimeoutError:
+            log.warning("requests still in flight after the drain timeout", extra={"inflight": self.inflight})
         for batcher in self._batchers.values():
             await batcher.close()
 
@@ -196,6 +205,8 @@ class Pipeline:
         for label in heatmap_labels or []:
             if label not in self.labels:
                 raise UnknownLabelError(f"expected a heatmap label in {self.labels}, got {label!r}")
+        if heatmap_labels and self.cam_output is None:
+            raise NoHeatmapsError(f"{self.classifier.model.ref} was exported without class activation maps")
         loop = asyncio.get_running_loop()
         start = time.perf_counter()
         prepared = await loop.run_in_executor(decode_pool, self.prepare, data)
@@ -208,9 +219,7 @@ class Pipeline:
         overlays: dict[str, bytes] = {}
         heatmap_ms = 0.0
         if heatmap_labels:
-            cams = outputs["classifier"][self.cam_output] if self.cam_output else None
-            if cams is None:
-                raise UnknownLabelError(f"{self.classifier.model.ref} exports no class activation maps")
+            cams = outputs["classifier"][self.cam_output]
             heat_start = time.perf_counter()
             overlays = await loop.run_in_executor(decode_pool, self._render, prepared.film, cams, heatmap_labels)
             heatmap_ms = (time.perf_counter() - heat_start) * 1e3
@@ -228,7 +237,11 @@ class Pipeline:
     def _render(self, film: Radiograph, cams: np.ndarray, labels: list[str]) -> dict[str, bytes]:
         display = heatmaps.film_for_display(film.pixels, self.settings.heatmap_max_side)
         spec = self.specs["classifier"]
-        return {label: heatmaps.render_overlay(display, cams[self.labels.index(label)], spec) for label in labels}
+        film_shape = film.pixels.shape  # the geometry the model saw is the original film's, not the display's
+        return {
+            label: heatmaps.render_overlay(display, cams[self.labels.index(label)], spec, film_shape)
+            for label in labels
+        }
 
     def _postprocess(self, prepared: Prepared, outputs: dict[str, dict[str, np.ndarray]]) -> dict:
         probabilities = outputs["classifier"]["probabilities"]  # (K,)

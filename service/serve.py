@@ -9,9 +9,11 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass, field
 
@@ -19,6 +21,7 @@ from service.config import Settings
 
 log = logging.getLogger("service.serve")
 APP_FACTORY = "service.app:app_factory"
+STABLE_WORKER_S = 60.0  # a worker that lived this long starts its restart backoff from scratch
 
 
 @dataclass(frozen=True)
@@ -88,14 +91,26 @@ def _uvicorn_config(host: str, port: int, settings: Settings):
     )
 
 
-def _run_worker(sock: socket.socket, env: dict[str, str], host: str, port: int) -> None:
-    os.environ.update(env)  # before onnxruntime loads, so CUDA_VISIBLE_DEVICES takes effect
+def _apply_worker_env(env: dict[str, str]) -> None:
+    """A worker's environment, before onnxruntime loads: its own GPU, and defaults that explicit settings override."""
+    for name, value in env.items():
+        if name == "CUDA_VISIBLE_DEVICES":
+            os.environ[name] = value  # each GPU worker must see only its own device
+        else:
+            os.environ.setdefault(name, value)  # an explicit XRAY_PROVIDERS / XRAY_INTRA_OP_THREADS wins
+    from service.config import get_settings
+
+    get_settings.cache_clear()
+
+
+def _run_worker(sock: socket.socket | None, env: dict[str, str], host: str, port: int) -> None:
+    _apply_worker_env(env)
     import uvicorn
 
     from service.config import get_settings
 
-    get_settings.cache_clear()
-    uvicorn.Server(_uvicorn_config(host, port, get_settings())).run(sockets=[sock])
+    server = uvicorn.Server(_uvicorn_config(host, port, get_settings()))
+    server.run(sockets=[sock] if sock is not None else None)
 
 
 def serve(settings: Settings, host: str, port: int, workers: int) -> None:
@@ -104,23 +119,27 @@ def serve(settings: Settings, host: str, port: int, workers: int) -> None:
     if gpus and workers not in (1, len(gpus)):
         log.warning("one worker per GPU", extra={"gpus": gpus, "workers_asked": workers})
     if len(plans) == 1:
-        import uvicorn
-
-        os.environ.update(plans[0].env)
-        from service.config import get_settings
-
-        get_settings.cache_clear()
-        uvicorn.Server(_uvicorn_config(host, port, settings)).run()
-        return
-    _supervise(plans, host, port)
+        _run_worker(None, plans[0].env, host, port)
+    else:
+        _supervise(plans, host, port)
 
 
 def _supervise(plans: list[WorkerPlan], host: str, port: int) -> None:
+    """Spawn the workers on one shared socket, restart any that die (with backoff), stop them all on a signal.
+
+    The workers' Prometheus metrics go to a shared folder (prometheus_client's multiprocess mode), so /metrics
+    answers for the whole server whichever worker takes the scrape.
+    """
+    from prometheus_client import multiprocess
+
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
     sock.set_inheritable(True)
+    own_metrics_dir = "PROMETHEUS_MULTIPROC_DIR" not in os.environ
+    if own_metrics_dir:
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="xray-metrics-")
     context = multiprocessing.get_context("spawn")
     stopping = False
 
@@ -137,19 +156,28 @@ def _supervise(plans: list[WorkerPlan], host: str, port: int) -> None:
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
     processes = [start(plan) for plan in plans]
+    started = [time.monotonic()] * len(plans)
     restarts = [0] * len(plans)
+    restart_at: dict[int, float] = {}  # worker index -> when to start it again
     try:
         while not stopping:
-            time.sleep(0.5)
+            time.sleep(0.2)  # a signal cuts this short; nothing below blocks
+            now = time.monotonic()
             for i, process in enumerate(processes):
-                if not process.is_alive() and not stopping:
-                    restarts[i] += 1
+                if stopping or process.is_alive():
+                    continue
+                if i not in restart_at:
+                    restarts[i] = 1 if now - started[i] > STABLE_WORKER_S else restarts[i] + 1
+                    multiprocess.mark_process_dead(process.pid)
+                    delay = min(30.0, 0.5 * 2 ** min(restarts[i], 6))
+                    restart_at[i] = now + delay
                     log.error(
                         "worker died; restarting",
-                        extra={"worker": plans[i].label, "exitcode": process.exitcode, "restarts": restarts[i]},
+                        extra={"worker": plans[i].label, "exitcode": process.exitcode, "in_s": delay},
                     )
-                    time.sleep(min(30.0, 0.5 * 2 ** min(restarts[i], 6)))
-                    processes[i] = start(plans[i])
+                elif now >= restart_at[i]:
+                    del restart_at[i]
+                    processes[i], started[i] = start(plans[i]), now
     finally:
         for process in processes:
             if process.is_alive():
@@ -159,3 +187,5 @@ def _supervise(plans: list[WorkerPlan], host: str, port: int) -> None:
             if process.is_alive():
                 process.kill()
         sock.close()
+        if own_metrics_dir:
+            shutil.rmtree(os.environ.pop("PROMETHEUS_MULTIPROC_DIR"), ignore_errors=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 from fastapi import APIRouter, Request, Response
 
@@ -11,6 +12,7 @@ from service.dependencies import ManagerDep, SettingsDep
 from service.errors import problem_response
 
 router = APIRouter(tags=["health"])
+PROBE_REUSE_S = 1.0
 
 
 @router.get("/healthz", summary="the process is alive")
@@ -21,19 +23,27 @@ async def healthz() -> dict:
 
 @router.get("/readyz", summary="models loaded, and a zero image just ran through each session", response_model=None)
 @router.get("/v2/health/ready", include_in_schema=False, response_model=None)
-async def readyz(manager: ManagerDep, settings: SettingsDep) -> Response | dict:
+async def readyz(request: Request, manager: ManagerDep, settings: SettingsDep) -> Response | dict:
+    """Unauthenticated, so a success is reused for PROBE_REUSE_S: probes cannot be used to fill the queues."""
     pipeline = manager.current
     if pipeline is None:
         return problem_response(503, "not_ready", manager.load_error or "the models are still loading")
-    try:
-        async with manager.acquire() as pipeline:
-            await asyncio.wait_for(pipeline.probe(), settings.ready_timeout_s)
-    except QueueFullError:
-        return problem_response(503, "queue_full", "ready, but every inference queue slot is taken")
-    except TimeoutError:
-        return problem_response(
-            503, "not_ready", f"a zero image did not come back from the sessions within {settings.ready_timeout_s} s"
-        )
+    last = getattr(request.app.state, "last_ready_probe", None)
+    if last is None or last[0] is not pipeline or time.monotonic() - last[1] > PROBE_REUSE_S:
+        try:
+            async with manager.acquire() as pipeline:
+                await asyncio.wait_for(pipeline.probe(), settings.ready_timeout_s)
+        except QueueFullError:
+            return problem_response(503, "queue_full", "ready, but every inference queue slot is taken")
+        except TimeoutError:
+            return problem_response(
+                503,
+                "not_ready",
+                f"a zero image did not come back from the sessions within {settings.ready_timeout_s} s",
+            )
+        except Exception as error:  # noqa: BLE001 - a failing session means not ready, not a crashed probe
+            return problem_response(503, "not_ready", f"a zero image failed in the sessions: {type(error).__name__}")
+        request.app.state.last_ready_probe = (pipeline, time.monotonic())
     return {"status": "ready", **pipeline.describe()}
 
 

@@ -6,6 +6,7 @@ from fastapi import APIRouter
 
 from service.dependencies import AdminDep, ManagerDep, UserDep
 from service.errors import ProblemError
+from service.state import NotReadyError
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 
@@ -29,8 +30,10 @@ async def list_models(manager: ManagerDep) -> dict:
 async def reload_models(manager: ManagerDep) -> dict:
     try:
         before, after = await manager.reload()
-    except Exception as error:  # the old models keep serving
+    except NotReadyError:
+        raise
+    except Exception as error:  # a broken registry is the server's problem, not the caller's; the old set serves on
         raise ProblemError(
-            409, "reload_failed", f"the registry's models could not be loaded; still serving the previous set: {error}"
+            500, "reload_failed", f"the registry's models could not be loaded; still serving the previous set: {error}"
         ) from error
     return {"status": "reloaded", "before": before, "after": after}

@@ -8,11 +8,9 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request, Response
 
 from models.imaging import sniff_format
-from service.batching import BatcherClosedError, QueueFullError
 from service.dependencies import ManagerDep, SettingsDep, UserDep
 from service.errors import ProblemError
-from service.pipeline import UnknownLabelError, encode_overlays
-from service.state import NotReadyError
+from service.pipeline import encode_overlays
 
 router = APIRouter(prefix="/v1/predict", tags=["predict"], dependencies=[UserDep])
 log = logging.getLogger("service.predict")
@@ -65,27 +63,15 @@ async def read_upload(request: Request) -> bytes:
     return data
 
 
-async def run_prediction(request: Request, manager, heatmap_labels: list[str] | None) -> tuple[dict, dict[str, bytes]]:
-    data = await read_upload(request)
-    settings = request.app.state.settings
-    try:
+async def run_prediction(
+    request: Request, manager, heatmap_labels: list[str] | None, all_heatmaps: bool = False
+) -> tuple[dict, dict[str, bytes]]:
+    """Admission (before the body is read), then upload -> pipeline; errors map to problems in service.errors."""
+    async with request.app.state.admission.slot():
+        data = await read_upload(request)
         async with manager.acquire() as pipeline:
-            if heatmap_labels == ["*"]:
-                heatmap_labels = list(pipeline.labels)
-            result, overlays = await pipeline.predict(
-                data, request.app.state.decode_pool, heatmap_labels=heatmap_labels
-            )
-    except QueueFullError as error:
-        request.app.state.metrics.rejected.inc()
-        raise ProblemError(
-            503, "queue_full", str(error), headers={"Retry-After": str(settings.retry_after_s)}
-        ) from error
-    except (NotReadyError, BatcherClosedError) as error:
-        raise ProblemError(
-            503, "not_ready", str(error), headers={"Retry-After": str(settings.retry_after_s)}
-        ) from error
-    except UnknownLabelError as error:
-        raise ProblemError(422, "unknown_label", str(error)) from error
+            labels = list(pipeline.labels) if all_heatmaps else heatmap_labels
+            result, overlays = await pipeline.predict(data, request.app.state.decode_pool, heatmap_labels=labels)
     request_id = request.state.request_id
     log.info(
         "prediction",
@@ -109,7 +95,7 @@ async def predict(
     manager: ManagerDep,
     heatmaps: Annotated[bool, Query(description="add a heatmap overlay PNG (base64) for every label")] = False,
 ) -> dict:
-    result, overlays = await run_prediction(request, manager, ["*"] if heatmaps else None)
+    result, overlays = await run_prediction(request, manager, None, all_heatmaps=heatmaps)
     if heatmaps:
         result["heatmaps"] = encode_overlays(overlays)
     return result

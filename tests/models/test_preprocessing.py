@@ -162,3 +162,17 @@ def test_map_to_image_rejects_non_square_maps() -> None:
 
     with pytest.raises(ValueError, match="square"):
         map_to_image(np.zeros((4, 5)), 10, 10, PreprocessSpec(size=64))
+
+
+def test_map_to_image_at_display_size_keeps_the_film_geometry() -> None:
+    """Mapping straight to a smaller display grid equals mapping to the film and then shrinking it (1552 x 1500:
+    recomputing the letterbox window from the display size instead would shift it by one input row)."""
+    from models.preprocessing import map_to_image, resample
+
+    spec = PreprocessSpec(size=224)
+    square = np.zeros((28, 28), dtype=np.float32)
+    square[10:18, 3:9] = 1.0
+    reference = resample(map_to_image(square, 1552, 1500, spec), 512, 495, "area")
+    direct = map_to_image(square, 1552, 1500, spec, out_shape=(512, 495))
+    assert direct.shape == (512, 495)
+    assert float(np.abs(direct - reference).max()) < 0.01

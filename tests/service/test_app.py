@@ -341,7 +341,7 @@ def test_reload_failure_keeps_serving_the_previous_models(tmp_path) -> None:
     registry = copy_registry(tmp_path / "registry")
     with TestClient(create_app(service_settings(registry_dir=registry.root))) as local:
         (registry.root / "model_set.json").write_text("{not json")
-        body = assert_problem(local.post("/v1/models/reload"), 409, "reload_failed")
+        body = assert_problem(local.post("/v1/models/reload"), 500, "reload_failed")
         assert "still serving the previous set" in body["detail"]
         assert (
             local.post("/v1/predict", content=phantom_png(8), headers={"content-type": "image/png"}).status_code == 200
@@ -383,4 +383,62 @@ def test_full_queue_answers_503_with_retry_after_at_once() -> None:
         assert response.headers["retry-after"] == "3" and "waiting" in body["detail"]
         assert waited < 2.0
         assert sorted(results) == [200, 200], "the queued requests still finish"
-        assert "xray_queue_rejections_total 1.0" in local.get("/metrics").text
+        assert 'xray_rejections_total{reason="queue_full"} 1.0' in local.get("/metrics").text
+
+
+def test_the_all_labels_marker_is_not_a_label(client: TestClient) -> None:
+    response = client.post("/v1/predict/heatmap?label=*", content=phantom_png(), headers={"content-type": "image/png"})
+    assert_problem(response, 422, "unknown_label")
+
+
+def test_uploads_beyond_the_admission_limit_get_503_before_being_read() -> None:
+    import threading
+    import time
+
+    release = threading.Event()
+    with TestClient(create_app(service_settings(max_active_uploads=1, retry_after_s=2))) as local:
+        batcher = local.app.state.manager.current._batchers["classifier"]
+        run = batcher._run_batch
+        batcher._run_batch = lambda batch: (release.wait(10), run(batch))[1]
+        png = {"content-type": "image/png"}
+        first: list[int] = []
+        sender = threading.Thread(
+            target=lambda: first.append(local.post("/v1/predict", content=phantom_png(), headers=png).status_code)
+        )
+        sender.start()
+        time.sleep(0.3)
+        response = local.post("/v1/predict", content=phantom_png(), headers=png)
+        release.set()
+        sender.join(10)
+        assert_problem(response, 503, "overloaded")
+        assert response.headers["retry-after"] == "2" and first == [200]
+        assert 'xray_rejections_total{reason="overloaded"} 1.0' in local.get("/metrics").text
+
+
+def test_an_unexpected_failure_is_a_traceable_500_and_the_server_lives_on(monkeypatch) -> None:
+    with TestClient(create_app(service_settings()), raise_server_exceptions=False) as local:
+        pipeline = local.app.state.manager.current
+
+        async def broken(*args, **kwargs):
+            raise RuntimeError("a bug")
+
+        monkeypatch.setattr(pipeline, "predict", broken)
+        response = local.post("/v1/predict", content=phantom_png(), headers={"content-type": "image/png"})
+        body = assert_problem(response, 500, "internal_error")
+        assert body["request_id"] == response.headers["x-request-id"] and "a bug" not in body["detail"]
+        monkeypatch.undo()
+        assert (
+            local.post("/v1/predict", content=phantom_png(), headers={"content-type": "image/png"}).status_code == 200
+        )
+
+
+def test_readyz_is_503_when_a_session_fails(monkeypatch) -> None:
+    with TestClient(create_app(service_settings())) as local:
+        pipeline = local.app.state.manager.current
+
+        async def failing_probe():
+            raise RuntimeError("CUDA error: device lost")
+
+        monkeypatch.setattr(pipeline, "probe", failing_probe)
+        assert_problem(local.get("/readyz"), 503, "not_ready")
+        assert local.get("/healthz").status_code == 200

@@ -33,6 +33,17 @@ def test_no_positive_evidence_leaves_the_film_untouched() -> None:
     assert np.array_equal(rgb[..., 0], (film * 255).round().astype(np.uint8))
 
 
+def test_render_overlay_uses_the_film_geometry_not_the_display_size() -> None:
+    spec = PreprocessSpec(size=64)
+    cam = np.full((4, 4), -1.0, np.float32)
+    cam[0, 3] = 2.0  # top right cell of the model input
+    display = np.zeros((256, 128), np.float32)  # a 2:1 film shown at 256 x 128
+    png = render_overlay(display, cam, spec, film_shape=(2048, 1024))
+    rgb = np.asarray(Image.open(io.BytesIO(png)))
+    hot_y, hot_x = np.unravel_index(np.argmax(rgb[..., 0]), rgb.shape[:2])
+    assert hot_x > 64 and hot_y < 80
+
+
 def test_render_overlay_is_an_rgb_png_at_display_size() -> None:
     film = film_for_display(np.random.default_rng(0).random((1000, 800), dtype=np.float32), 512)
     png = render_overlay(film, np.random.default_rng(1).normal(size=(4, 4)).astype(np.float32), PreprocessSpec(size=64))

@@ -55,3 +55,15 @@ def test_blas_threads_are_capped_unless_the_environment_says_otherwise(monkeypat
 
     assert os.environ["OPENBLAS_NUM_THREADS"] == "1" and os.environ["MKL_NUM_THREADS"] == "1"
     assert os.environ["OMP_NUM_THREADS"] == "4"
+
+
+def test_worker_environment_keeps_explicit_settings_but_always_pins_the_gpu(monkeypatch) -> None:
+    import os
+
+    monkeypatch.setenv("XRAY_PROVIDERS", "cuda")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
+    monkeypatch.delenv("XRAY_INTRA_OP_THREADS", raising=False)
+    serve._apply_worker_env({"XRAY_PROVIDERS": "cpu", "XRAY_INTRA_OP_THREADS": "4", "CUDA_VISIBLE_DEVICES": "1"})
+    assert os.environ["XRAY_PROVIDERS"] == "cuda"  # the operator's explicit choice
+    assert os.environ["XRAY_INTRA_OP_THREADS"] == "4"
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "1"

@@ -12,6 +12,7 @@ import re
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -221,3 +222,86 @@ def test_server_logs_are_json_lines(server: Server) -> None:
     parsed = [json.loads(line) for line in lines]
     assert any(entry.get("msg") == "models loaded" for entry in parsed)
     assert any(entry.get("msg") == "request" and entry.get("route") == "/v1/predict" for entry in parsed)
+
+
+def test_two_cpu_workers_share_the_port_restart_after_a_crash_and_report_metrics_together(tmp_path) -> None:
+    import signal
+
+    port = _free_port()
+    env = {**os.environ, "XRAY_INTRA_OP_THREADS": "1", "XRAY_GPUS": "none", "XRAY_LOG_LEVEL": "WARNING"}
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    log_path = tmp_path / "server.log"
+    metrics_dirs_before = set(Path(tempfile.gettempdir()).glob("xray-metrics-*"))
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "service.cli", "serve", "--port", str(port), "--workers", "2"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=tmp_path,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_ready(url, process, log_path)
+        _wait_workers(url, 2)
+        images = _images(40)
+        png = {"content-type": "image/png"}
+        # a new connection per request reaches either worker, and none is left on the worker killed below
+        with httpx.Client(timeout=60, headers={"connection": "close"}) as http:
+            for data in images[:20]:
+                assert http.post(f"{url}/v1/predict", content=data, headers=png).is_success
+            workers = _worker_pids(http.get(f"{url}/metrics").text)
+            assert len(workers) == 2
+            os.kill(workers[0], signal.SIGKILL)  # a crashed worker: the supervisor starts a new one
+            for data in images[20:]:
+                assert http.post(f"{url}/v1/predict", content=data, headers=png).is_success
+            _wait_workers(url, 2, exclude=workers[0])
+            text = http.get(f"{url}/metrics").text
+        counted = sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith("xray_http_requests_total{") and 'route="/v1/predict"' in line and 'status="200"' in line
+        )
+        assert counted == 40, "every worker's requests, the dead one's included, are in one /metrics answer"
+    finally:
+        process.terminate()
+        assert process.wait(timeout=60) == 0
+    assert set(Path(tempfile.gettempdir()).glob("xray-metrics-*")) == metrics_dirs_before, (
+        "the metrics folder is removed"
+    )
+
+
+def _wait_ready(url: str, process: subprocess.Popen, log_path: Path) -> None:
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"the server exited with {process.returncode}: {log_path.read_text()[-3000:]}")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.3)
+    pytest.fail(f"not ready within {READY_TIMEOUT_S} s: {log_path.read_text()[-3000:]}")
+
+
+def _worker_pids(metrics_text: str) -> list[int]:
+    return sorted(
+        int(re.search(r'worker="(\d+)"', line).group(1))
+        for line in metrics_text.splitlines()
+        if line.startswith("xray_worker_info{") and line.endswith(" 1.0")
+    )
+
+
+def _wait_workers(url: str, count: int, exclude: int | None = None) -> None:
+    """Until /metrics lists `count` live workers (and not `exclude`); the restart backoff is about a second."""
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while time.monotonic() < deadline:
+        try:
+            pids = _worker_pids(httpx.get(f"{url}/metrics", timeout=5).text)
+        except httpx.TransportError:
+            pids = []
+        if len(pids) == count and exclude not in pids:
+            return
+        time.sleep(0.3)
+    pytest.fail(f"expected {count} live workers in /metrics, got {pids}")
