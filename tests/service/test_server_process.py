@@ -74,19 +74,11 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
             cwd=root,
         )
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    while True:
-        if process.poll() is not None:
-            pytest.fail(f"the server exited with {process.returncode}: {log_path.read_text()[-3000:]}")
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        if time.monotonic() > deadline:
-            process.kill()
-            pytest.fail(f"the server was not ready within {READY_TIMEOUT_S} s: {log_path.read_text()[-3000:]}")
-        time.sleep(0.3)
+    try:
+        _wait_ready(url, process, log_path)
+    except BaseException:
+        process.kill()
+        raise
     yield Server(url, process, registry.root, admin_key, log_path)
     process.terminate()
     try:
