@@ -348,6 +348,16 @@ def test_reload_failure_keeps_serving_the_previous_models(tmp_path) -> None:
         )
 
 
+def _until(condition, timeout: float = 10.0) -> None:
+    """Poll instead of sleeping a fixed time: ordering tests must not depend on how loaded the machine is."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.01)
+
+
 def test_full_queue_answers_503_with_retry_after_at_once() -> None:
     import threading
     import time
@@ -356,8 +366,10 @@ def test_full_queue_answers_503_with_retry_after_at_once() -> None:
     with TestClient(create_app(service_settings(max_queue=1, max_batch_size=1, retry_after_s=3))) as local:
         batcher = local.app.state.manager.current._batchers["classifier"]
         run = batcher._run_batch
+        entered = threading.Event()
 
         def blocked(batch):  # the session is busy until the test releases it
+            entered.set()
             release.wait(10)
             return run(batch)
 
@@ -370,9 +382,10 @@ def test_full_queue_answers_503_with_retry_after_at_once() -> None:
             )
             for _ in range(2)
         ]
-        for sender in senders:  # one request inside the session, one waiting in the queue
-            sender.start()
-            time.sleep(0.3)
+        senders[0].start()
+        assert entered.wait(10), "the first request reached the session"
+        senders[1].start()
+        _until(lambda: batcher.depth == 1)  # the second waits in the queue
         start = time.perf_counter()
         response = local.post("/v1/predict", content=phantom_png(), headers=png)
         waited = time.perf_counter() - start
@@ -393,7 +406,6 @@ def test_the_all_labels_marker_is_not_a_label(client: TestClient) -> None:
 
 def test_uploads_beyond_the_admission_limit_get_503_before_being_read() -> None:
     import threading
-    import time
 
     release = threading.Event()
     with TestClient(create_app(service_settings(max_active_uploads=1, retry_after_s=2))) as local:
@@ -406,7 +418,7 @@ def test_uploads_beyond_the_admission_limit_get_503_before_being_read() -> None:
             target=lambda: first.append(local.post("/v1/predict", content=phantom_png(), headers=png).status_code)
         )
         sender.start()
-        time.sleep(0.3)
+        _until(lambda: local.app.state.admission.active == 1)
         response = local.post("/v1/predict", content=phantom_png(), headers=png)
         release.set()
         sender.join(10)
