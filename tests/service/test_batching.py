@@ -12,8 +12,15 @@ import pytest
 from service.batching import BatcherClosedError, MicroBatcher, QueueFullError
 
 
-def _doubler(sizes: list[int], delay: float = 0.0, gate: threading.Event | None = None):
+def _doubler(
+    sizes: list[int],
+    delay: float = 0.0,
+    gate: threading.Event | None = None,
+    entered: threading.Event | None = None,
+):
     def run(batch: np.ndarray) -> dict[str, np.ndarray]:
+        if entered is not None:
+            entered.set()
         if gate is not None:
             gate.wait(5)
         time.sleep(delay)
@@ -56,12 +63,15 @@ def test_a_lone_request_waits_at_most_the_delay() -> None:
 
 def test_full_queue_refuses_at_once() -> None:
     async def main() -> None:
-        gate = threading.Event()
+        gate, entered = threading.Event(), threading.Event()
         sizes: list[int] = []
-        batcher = MicroBatcher("m", _doubler(sizes, gate=gate), max_batch_size=1, max_delay_s=0.0, max_queue=3)
+        batcher = MicroBatcher(
+            "m", _doubler(sizes, gate=gate, entered=entered), max_batch_size=1, max_delay_s=0.0, max_queue=3
+        )
         batcher.start()
         first = asyncio.ensure_future(batcher.submit(_image(0)))
-        await asyncio.sleep(0.05)  # the collector took it and is blocked in the session
+        while not entered.is_set():
+            await asyncio.sleep(0.01)  # until the collector took it and blocks in the session
         waiting = [asyncio.ensure_future(batcher.submit(_image(i))) for i in range(1, 4)]
         await asyncio.sleep(0.01)
         start = time.perf_counter()
