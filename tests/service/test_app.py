@@ -454,3 +454,12 @@ def test_readyz_is_503_when_a_session_fails(monkeypatch) -> None:
         monkeypatch.setattr(pipeline, "probe", failing_probe)
         assert_problem(local.get("/readyz"), 503, "not_ready")
         assert local.get("/healthz").status_code == 200
+
+
+def test_heatmaps_from_a_model_without_cams_are_refused_before_decoding(monkeypatch) -> None:
+    with TestClient(create_app(service_settings())) as local:
+        pipeline = local.app.state.manager.current
+        monkeypatch.setattr(pipeline, "cam_output", None)
+        monkeypatch.setattr(pipeline, "prepare", lambda data: pytest.fail("decoded although it must refuse first"))
+        response = local.post("/v1/predict?heatmaps=true", content=phantom_png(), headers={"content-type": "image/png"})
+        assert_problem(response, 409, "no_heatmaps")
