@@ -95,16 +95,19 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def rss_mib(pid: int) -> float:
-    """VmRSS of the process and its children (the worker processes), MiB."""
-    total = 0
-    pids = [pid]
+def process_tree(pid: int) -> list[int]:
+    """The server process and its children (the worker processes of `--workers N`)."""
     try:
         children = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
-        pids += [int(c) for c in children]
     except OSError:
-        pass
-    for p in pids:
+        children = []
+    return [pid, *(int(child) for child in children)]
+
+
+def rss_mib(pid: int) -> float:
+    """VmRSS of the server and its workers, MiB."""
+    total = 0
+    for p in process_tree(pid):
         try:
             for line in Path(f"/proc/{p}/status").read_text().splitlines():
                 if line.startswith("VmRSS:"):
@@ -115,17 +118,10 @@ def rss_mib(pid: int) -> float:
 
 
 def cpu_seconds(pid: int) -> float:
-    """user + system CPU time of the process and its children so far."""
-    total = 0.0
-    pids = [pid]
-    try:
-        pids += [
-            int(c) for c in subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
-        ]
-    except OSError:
-        pass
+    """user + system CPU time of the server and its workers so far."""
     ticks = os.sysconf("SC_CLK_TCK")
-    for p in pids:
+    total = 0.0
+    for p in process_tree(pid):
         try:
             fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
             total += (int(fields[11]) + int(fields[12])) / ticks

@@ -26,13 +26,19 @@ class LabelMetrics:
         return asdict(self)
 
 
-def auroc(labels: np.ndarray, scores: np.ndarray) -> float | None:
-    """AUROC over the rows whose label is known (not NaN); None when only one class is present."""
+def _both_classes(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """(labels, scores) of the rows whose label is known (not NaN), or None unless both classes are present."""
     known = ~np.isnan(labels)
     y, s = labels[known], scores[known]
     if y.size == 0 or y.min() == y.max():
         return None
-    return float(roc_auc_score(y, s))
+    return y, s
+
+
+def auroc(labels: np.ndarray, scores: np.ndarray) -> float | None:
+    """AUROC over the rows whose label is known (not NaN); None when only one class is present."""
+    rows = _both_classes(labels, scores)
+    return float(roc_auc_score(*rows)) if rows else None
 
 
 def bootstrap_auroc_ci(
@@ -59,20 +65,16 @@ def bootstrap_auroc_ci(
 
 def auprc(labels: np.ndarray, scores: np.ndarray) -> float | None:
     """Average precision (area under the precision-recall curve) over known rows; None with one class."""
-    known = ~np.isnan(labels)
-    y, s = labels[known], scores[known]
-    if y.size == 0 or y.min() == y.max():
-        return None
-    return float(average_precision_score(y, s))
+    rows = _both_classes(labels, scores)
+    return float(average_precision_score(*rows)) if rows else None
 
 
 def roc_points(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
     """(false positive rates, true positive rates) over known rows; None with one class."""
-    known = ~np.isnan(labels)
-    y, s = labels[known], scores[known]
-    if y.size == 0 or y.min() == y.max():
+    rows = _both_classes(labels, scores)
+    if rows is None:
         return None
-    fpr, tpr, _ = roc_curve(y, s)
+    fpr, tpr, _ = roc_curve(*rows)
     return fpr, tpr
 
 

@@ -65,14 +65,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         "XRAY_GPUS": "none",
     }
     log_path = root / "server.log"
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "service.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=root,
-        )
+    process = _launch(["--host", "127.0.0.1", "--port", str(port)], env, log_path)
     url = f"http://127.0.0.1:{port}"
     try:
         _wait_ready(url, process, log_path)
@@ -224,14 +217,7 @@ def test_two_cpu_workers_share_the_port_restart_after_a_crash_and_report_metrics
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     log_path = tmp_path / "server.log"
     metrics_dirs_before = set(Path(tempfile.gettempdir()).glob("xray-metrics-*"))
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "service.cli", "serve", "--port", str(port), "--workers", "2"],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=tmp_path,
-        )
+    process = _launch(["--port", str(port), "--workers", "2"], env, log_path)
     url = f"http://127.0.0.1:{port}"
     try:
         _wait_ready(url, process, log_path)
@@ -261,6 +247,18 @@ def test_two_cpu_workers_share_the_port_restart_after_a_crash_and_report_metrics
     assert set(Path(tempfile.gettempdir()).glob("xray-metrics-*")) == metrics_dirs_before, (
         "the metrics folder is removed"
     )
+
+
+def _launch(serve_args: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen:
+    """`xray serve ARGS` in its own process, output to log_path, run from the log's folder."""
+    with open(log_path, "wb") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "service.cli", "serve", *serve_args],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=log_path.parent,
+        )
 
 
 def _wait_ready(url: str, process: subprocess.Popen, log_path: Path) -> None:
