@@ -21,8 +21,8 @@ import onnxruntime as ort
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from models.registry import Registry  # noqa: E402
 from service.engine import open_session  # noqa: E402
-from service.registry import Registry  # noqa: E402
 
 
 def throughput(session, batch: int, seconds: float) -> float:

@@ -19,7 +19,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from service.registry import Registry  # noqa: E402
+from models.registry import Registry  # noqa: E402
 from training import export, train_classifier  # noqa: E402
 
 

@@ -152,9 +152,9 @@ def start_server(port: int, workers: int) -> tuple[subprocess.Popen, float, str]
 
 def raw_ort_throughput(served: dict, images: list[bytes], seconds: float, threads: int) -> dict:
     """Both served sessions on pre-processed batches of max_batch_size, in this process."""
+    from models.registry import Registry
     from service.config import get_settings
     from service.engine import open_session
-    from service.registry import Registry
 
     settings = get_settings()
     registry = Registry(settings.registry_dir)
@@ -190,10 +190,10 @@ def raw_ort_throughput(served: dict, images: list[bytes], seconds: float, thread
 
 def pipeline_throughput(images: list[bytes], seconds: float, threads: int) -> dict:
     """decode + preprocess + both sessions (batch 1), single thread of control, no HTTP."""
+    from models.registry import Registry
     from service.config import get_settings
     from service.metrics import ServiceMetrics
     from service.pipeline import Pipeline
-    from service.registry import Registry
 
     settings = get_settings().model_copy(update={"intra_op_threads": threads})
     pipeline = Pipeline.load(

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from training import add_label, report, train_autoencoder, train_classifier
+from training import add_label, evaluate, train_autoencoder, train_classifier
 
 ROOT = Path(__file__).resolve().parents[1]
 NIH_LABELS = ("Abnormal", "Effusion", "Infiltration", "Atelectasis", "Cardiomegaly")
@@ -153,10 +153,10 @@ def adding_a_label(nih: str, work: Path, label: str, draws: int) -> dict:
 
 
 def classic_vs_cnn(checkpoint: str, work: Path, name: str) -> dict:
-    args = report.get_args_parser().parse_args(
+    args = evaluate.get_args_parser().parse_args(
         ["--checkpoint", checkpoint, "--output-dir", str(work / f"report_{name}"), "--quiet"]
     )
-    body = report.main(args)["report"]
+    body = evaluate.main(args)["report"]
     return {
         "comparison": body["comparison"],
         "per_label": {
@@ -174,11 +174,11 @@ def classic_vs_cnn(checkpoint: str, work: Path, name: str) -> dict:
 
 
 def autoencoder_report(checkpoint: str, outliers: list[Path], work: Path) -> dict:
-    args = report.get_args_parser().parse_args(
+    args = evaluate.get_args_parser().parse_args(
         ["--checkpoint", checkpoint, "--output-dir", str(work / "report_autoencoder"), "--quiet"]
         + [item for path in outliers for item in ("--outliers", str(path))]
     )
-    body = report.main(args)["report"]
+    body = evaluate.main(args)["report"]
     keys = (
         "split",
         "images_evaluated",

@@ -68,7 +68,7 @@ def export(ctx: typer.Context) -> None:
     """Export a checkpoint to ONNX into the registry (parity-checked; --int8 adds a quantised variant).
 
     `xray export --help` lists every flag."""
-    from service.registry import RegistryError
+    from models.registry import RegistryError
 
     try:
         _run_training_module("training.export", ctx.args)
@@ -77,7 +77,7 @@ def export(ctx: typer.Context) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ xray models
-# torch-free: service.registry reads manifests and JSON only.
+# torch-free: models.registry reads manifests and JSON only.
 
 RegistryOption = Annotated[
     Path | None,
@@ -87,7 +87,7 @@ AliasOption = Annotated[str, typer.Option("--alias", help="alias to move")]
 
 
 def _registry(root: Path | None):
-    from service.registry import Registry
+    from models.registry import Registry
 
     return Registry(root if root is not None else get_settings().registry_dir)
 
@@ -103,7 +103,7 @@ def models_list(
     as_json: Annotated[bool, typer.Option("--json", help="print JSON rows instead of a table")] = False,
 ) -> None:
     """List every model version with its kind, precision, aliases, metrics and integrity status."""
-    from service.registry import RegistryError
+    from models.registry import RegistryError
 
     reg = _registry(registry)
     try:
@@ -158,7 +158,7 @@ def models_promote(
     registry: RegistryOption = None,
 ) -> None:
     """Point ALIAS (default production) at NAME's VERSION, after checking the ONNX file's sha256."""
-    from service.registry import RegistryError
+    from models.registry import RegistryError
 
     try:
         previous = _registry(registry).promote(name, version, alias)
@@ -175,7 +175,7 @@ def models_rollback(
     registry: RegistryOption = None,
 ) -> None:
     """Point ALIAS (default production) back at the version it was promoted to before the current one."""
-    from service.registry import RegistryError
+    from models.registry import RegistryError
 
     reg = _registry(registry)
     try:
@@ -195,7 +195,7 @@ def models_use(
     registry: RegistryOption = None,
 ) -> None:
     """Name the models the service serves (registry/model_set.json); versions come from their aliases."""
-    from service.registry import RegistryError
+    from models.registry import RegistryError
 
     try:
         data = _registry(registry).set_model_set(classifier, autoencoder)

@@ -7,19 +7,14 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import AliasChoices, Field, field_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import NoDecode
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
+from models.settings import CoreSettings
 
 
-class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="XRAY_", env_file=".env", extra="ignore")
+class Settings(CoreSettings):
+    """The serving settings, on top of the shared ones (registry_dir) from `models.settings`."""
 
-    registry_dir: Path = Field(default=PROJECT_ROOT / "registry", description="model registry root")
-    runs_dir: Path = Field(default=PROJECT_ROOT / "runs", description="training outputs (checkpoints, reports)")
-    shared_data_dir: Path = Field(
-        default=PROJECT_ROOT.parent / "shared" / "data", description="real data sets used by the demo and tests"
-    )
     # -- serving ---------------------------------------------------------------------------------------------
     host: str = "127.0.0.1"
     port: int = 8000

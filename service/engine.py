@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnxruntime as ort
 
-from service.registry import ResolvedModel
+from models.onnx_runtime import session_options
+from models.registry import ResolvedModel
 
 log = logging.getLogger("service.engine")
 
@@ -112,15 +113,7 @@ def open_session(
     inter_op_threads: int = 1,
     spin: bool = False,
 ) -> ModelSession:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = intra_op_threads
-    options.inter_op_num_threads = inter_op_threads
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    if not spin:
-        # idle intra-op threads otherwise spin-wait, burning the cores that decode uploads (measured: 2 threads
-        # spinning cost the server 3.6x CPU per request on 2 cores)
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options = session_options(intra_op_threads=intra_op_threads, inter_op_threads=inter_op_threads, spin=spin)
     wanted = requested_providers(providers)
     if wanted[0] != CPU:
         _preload_cuda_libraries()

@@ -16,16 +16,16 @@ from dataclasses import dataclass
 import numpy as np
 
 from models.imaging import Radiograph, decode
+from models.labels import ABNORMAL
 from models.preprocessing import PreprocessSpec, preprocess
+from models.registry import INTENDED_USE, ModelSet, ResolvedModel
 from service import heatmaps
 from service.batching import MicroBatcher
 from service.config import Settings
 from service.engine import CPU, ModelSession, open_session, requested_providers
 from service.metrics import ServiceMetrics
-from service.registry import INTENDED_USE, ModelSet, ResolvedModel
 
 log = logging.getLogger("service.pipeline")
-ABNORMAL_LABEL = "Abnormal"
 RADIOGRAPH_MODALITIES = frozenset({"CR", "DX", "RG", "DR"})  # projection radiography; DR is a legacy value
 
 
@@ -254,8 +254,8 @@ class Pipeline:
             }
             for i, label in enumerate(self.labels)
         ]
-        findings = sorted((r for r in rows if r["label"] != ABNORMAL_LABEL), key=lambda r: -r["probability"])
-        abnormal = next((r for r in rows if r["label"] == ABNORMAL_LABEL), None)
+        findings = sorted((r for r in rows if r["label"] != ABNORMAL), key=lambda r: -r["probability"])
+        abnormal = next((r for r in rows if r["label"] == ABNORMAL), None)
         if abnormal is None:  # no dedicated head: the most probable finding stands in, positive if any finding is
             top = findings[0]
             abnormal = {

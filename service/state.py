@@ -13,10 +13,10 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+from models.registry import Registry
 from service.config import Settings
 from service.metrics import ServiceMetrics
 from service.pipeline import Pipeline
-from service.registry import Registry
 
 log = logging.getLogger("service.state")
 

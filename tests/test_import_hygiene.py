@@ -18,7 +18,7 @@ TORCH_FREE_MODULES = [
     "service",
     "service.config",
     "service.cli",
-    "service.registry",
+    "models.registry",
     "service.app",
     "service.engine",
     "service.batching",

@@ -25,8 +25,8 @@ from sklearn.model_selection import StratifiedKFold, cross_val_score
 
 from models.classifier import ClassifierConfig, XRayClassifier
 from models.preprocessing import PreprocessSpec
-from service.registry import sha256_file
-from training import calibrate, common, evaluate
+from models.registry import sha256_file
+from training import calibrate, checkpoints, common, metrics
 from training.datasets import ImageTensorDataset, LabelledImages
 from training.sources import SPEC_HELP, load_splits, policy_from_args
 
@@ -110,7 +110,7 @@ def choose_c_on_validation(
     scores = []
     for value in C_GRID:
         weight, bias, _ = fit_head(train_x, train_y, value, seed)
-        scores.append(evaluate.auroc(val_y, val_x @ weight + bias) or 0.0)
+        scores.append(metrics.auroc(val_y, val_x @ weight + bias) or 0.0)
     return C_GRID[int(np.argmax(scores))]
 
 
@@ -142,7 +142,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = common.select_device(args.device)
-    base = common.load_checkpoint(args.base, kind="classifier")
+    base = checkpoints.load_checkpoint(args.base, kind="classifier")
     model = XRayClassifier(ClassifierConfig.from_dict(base["config"]))
     model.load_state_dict(base["model"])
     model.to(device).eval()
@@ -183,7 +183,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         test_p = probabilities(test_x)
     else:
         test_p, test_y = val_p, val_y
-    table = evaluate.label_metrics(
+    table = metrics.label_metrics(
         [args.label], test_y[:, None], test_p[:, None], threshold, n_boot=args.bootstrap, seed=args.seed
     )
     added = {
@@ -199,11 +199,11 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     }
     print(
         f"{args.label}: {len(chosen)} examples ({added['positives']} positive), C={c:g}\n"
-        f"{evaluate.format_metrics(table)}"
+        f"{metrics.format_metrics(table)}"
     )
-    metrics = dict(base.get("metrics", {}))
-    metrics["labels"] = [*metrics.get("labels", []), table[0].to_dict()]
-    metrics["added_labels"] = [*metrics.get("added_labels", []), added]
+    grown_metrics = dict(base.get("metrics", {}))
+    grown_metrics["labels"] = [*grown_metrics.get("labels", []), table[0].to_dict()]
+    grown_metrics["added_labels"] = [*grown_metrics.get("added_labels", []), added]
     out_dir = Path(args.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     checkpoint = {
@@ -212,9 +212,9 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         "config": model.config.to_dict(),
         "labels": list(model.labels),
         "thresholds": {**base.get("thresholds", {}), **threshold},
-        "metrics": metrics,
+        "metrics": grown_metrics,
     }
-    common.save_checkpoint(out_dir / "model.ckpt", checkpoint)
+    checkpoints.save_checkpoint(out_dir / "model.ckpt", checkpoint)
     (out_dir / "add_label.json").write_text(json.dumps(added, indent=2))
     return {"checkpoint": out_dir / "model.ckpt", "added": added, "model": model}
 

@@ -1,13 +1,12 @@
-"""What every training loop shares: device, seeding, checkpoints, masked loss, batched prediction, weight averaging."""
+"""What every training loop shares: device, seeding, masked loss, batched prediction, weight averaging, loaders.
+
+Checkpoints (write, read, rebuild a model or its split) live in `training.checkpoints`.
+"""
 
 from __future__ import annotations
 
-import os
 import random
-import subprocess
 from collections.abc import Callable
-from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -16,8 +15,6 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader
 
 from models.preprocessing import PreprocessSpec
-
-CHECKPOINT_FORMAT = 1
 
 
 def add_preprocess_arguments(group) -> None:
@@ -80,42 +77,6 @@ def predict(
         outputs.append(out.float().cpu().numpy())
         targets.append(y.numpy())
     return np.concatenate(outputs), np.concatenate(targets)
-
-
-def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
-    """Atomic write: a crash mid-save never leaves a half-written checkpoint behind."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save({"format": CHECKPOINT_FORMAT, **payload}, tmp)
-    os.replace(tmp, path)
-
-
-def load_checkpoint(path: str | Path, kind: str | None = None) -> dict[str, Any]:
-    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    if not isinstance(checkpoint, dict) or "model" not in checkpoint:
-        raise ValueError(f"expected a checkpoint written by this project at {path}, got {type(checkpoint).__name__}")
-    if kind is not None and checkpoint.get("kind") != kind:
-        raise ValueError(f"expected a {kind} checkpoint at {path}, got kind {checkpoint.get('kind')!r}")
-    return checkpoint
-
-
-def code_version() -> str:
-    """The git commit the code runs from (with "+dirty" for local changes), or "unknown" outside a checkout."""
-    root = Path(__file__).resolve().parents[1]
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=root,
-            capture_output=True,
-            text=True,
-            timeout=5,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return commit + ("+dirty" if dirty else "")
 
 
 def loader(dataset, batch_size: int, *, shuffle: bool, generator: torch.Generator | None = None, workers: int = 0):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from service.registry import Registry
+from models.registry import Registry
 from training import export, train_autoencoder, train_classifier
 
 CLASSIFIER_NAME = "chest-classifier"

@@ -35,9 +35,11 @@ from torch import Tensor, nn
 
 from models.autoencoder import AutoencoderConfig, ConvAutoencoder
 from models.classifier import ENCODER_STRIDE, ClassifierConfig, XRayClassifier
+from models.onnx_runtime import session_options
 from models.preprocessing import PreprocessSpec
-from service.registry import BATCH_DIM, INT8_SUFFIX, INTENDED_USE, Registry, check_name, sha256_file
-from training import common, evaluate
+from models.registry import BATCH_DIM, INT8_SUFFIX, INTENDED_USE, Registry, check_name, sha256_file
+from models.settings import default_registry_dir
+from training import checkpoints, metrics
 from training.datasets import LabelledImages, preprocess_all
 from training.sources import SPEC_HELP, SplitPolicy, load_splits, parse_spec
 
@@ -165,12 +167,7 @@ def _check_single_file(path: Path, names: list[str]) -> None:
 def ort_session(path: Path, threads: int = 1):
     import onnxruntime as ort
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.log_severity_level = 3
+    options = session_options(intra_op_threads=threads, spin=True, quiet=True)
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
@@ -333,12 +330,6 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.corrcoef(ranks(a), ranks(b))[0, 1])
 
 
-def mean_auroc(labels: list[str], y: np.ndarray, p: np.ndarray) -> tuple[dict[str, float | None], float | None]:
-    per_label = {name: evaluate.auroc(y[:, k], p[:, k]) for k, name in enumerate(labels)}
-    known = [v for v in per_label.values() if v is not None]
-    return per_label, (float(np.mean(known)) if known else None)
-
-
 # --------------------------------------------------------------------------------------------------------- data
 
 
@@ -466,7 +457,7 @@ def _manifest_fields(
         "max_batch_size": max_batch_size,
         "source_checkpoint_sha256": checkpoint_sha,
         "code_version": str(checkpoint.get("code_version") or "unknown"),
-        "export_code_version": common.code_version(),
+        "export_code_version": checkpoints.code_version(),
         "export": export_report,
     }
     if kind == "classifier":
@@ -533,7 +524,7 @@ def export_checkpoint(
     """The whole export; returns the report (also stored in each manifest's `export` field)."""
     check_name(name)
     checkpoint_path = Path(checkpoint_path)
-    checkpoint = common.load_checkpoint(checkpoint_path)
+    checkpoint = checkpoints.load_checkpoint(checkpoint_path)
     kind = checkpoint.get("kind")
     spec = PreprocessSpec.from_dict(checkpoint["spec"])
     if kind == "classifier" and not checkpoint.get("thresholds"):
@@ -649,8 +640,9 @@ def _evaluate_int8(
     }
     if kind == "classifier":
         labels = list(checkpoint["labels"])
-        per_fp32, mean_fp32 = mean_auroc(labels, data.evaluation_labels, fp32_out[0])
-        per_int8, mean_int8 = mean_auroc(labels, data.evaluation_labels, int8_out[0])
+        per_fp32 = dict(zip(labels, metrics.per_label_auroc(data.evaluation_labels, fp32_out[0]), strict=True))
+        per_int8 = dict(zip(labels, metrics.per_label_auroc(data.evaluation_labels, int8_out[0]), strict=True))
+        mean_fp32, mean_int8 = metrics.mean_auroc(per_fp32.values()), metrics.mean_auroc(per_int8.values())
         thresholds = checkpoint.get("thresholds") or {}
         agreement = {
             name: float(np.mean((fp32_out[0][:, k] >= thresholds[name]) == (int8_out[0][:, k] >= thresholds[name])))
@@ -724,8 +716,6 @@ def _evaluate_int8(
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
-    from service.config import get_settings
-
     parser = argparse.ArgumentParser(
         prog="xray export",
         description="Export a checkpoint to ONNX (checked against torch on real images) into the model registry.",
@@ -745,7 +735,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         "--xrv-no-weights", action="store_true", help="build the xrv architecture without downloading its weights"
     )
     parser.add_argument("--name", required=True, help="registry model name (the int8 variant is NAME-int8)")
-    parser.add_argument("--registry", type=Path, default=get_settings().registry_dir, help="registry root folder")
+    parser.add_argument("--registry", type=Path, default=default_registry_dir(), help="registry root folder")
     parser.add_argument(
         "--promote",
         nargs="?",

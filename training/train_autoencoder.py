@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from models.autoencoder import AutoencoderConfig, ConvAutoencoder
 from models.classifier import BACKBONES
-from training import calibrate, common
+from training import calibrate, checkpoints, common
 from training.augment import AugmentConfig, RandomRadiographAugment
 from training.datasets import ImageTensorDataset
 from training.sources import SPEC_HELP, load_splits, policy_from_args
@@ -155,9 +155,9 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         "outlier": outlier,
         "history": history,
         "data": {name: split.summary() for name, split in splits.items()},
-        "code_version": common.code_version(),
+        "code_version": checkpoints.code_version(),
     }
-    common.save_checkpoint(out_dir / "model.ckpt", payload)
+    checkpoints.save_checkpoint(out_dir / "model.ckpt", payload)
     (out_dir / "metrics.json").write_text(json.dumps({"outlier": outlier, "history": history}, indent=2))
     print(f"outlier threshold {threshold:.4f} (p{args.outlier_percentile:g} of {val_errors.size} validation errors)")
     return {"checkpoint": out_dir / "model.ckpt", "outlier": outlier, "model": model.cpu().eval(), "spec": spec}

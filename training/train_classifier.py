@@ -15,6 +15,7 @@ import json
 import math
 import shutil
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +24,9 @@ import torch
 from tqdm import tqdm
 
 from models.classifier import BACKBONES, ClassifierConfig, XRayClassifier, load_encoder_weights
-from training import calibrate, common, evaluate
+from training import calibrate, checkpoints, common, metrics
 from training.augment import AugmentConfig, RandomRadiographAugment
-from training.datasets import ImageTensorDataset, positive_weights
+from training.datasets import ImageTensorDataset, LabelledImages, positive_weights
 from training.sources import SPEC_HELP, choose_labels, limit_labelled_training, load_splits, policy_from_args
 
 
@@ -118,6 +119,30 @@ def _comma_list(text: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in text.split(",") if part.strip())
 
 
+@dataclass
+class Trainer:
+    """What one training run holds: the network, its optimiser state, the data loaders and the run state."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    ema: Any
+    generator: torch.Generator
+    device: torch.device
+    train_loader: Any
+    val_loader: Any
+    augment: RandomRadiographAugment | None
+    pos_weight: torch.Tensor | None
+    state: dict[str, Any] = field(
+        default_factory=lambda: {"epoch": 0, "best_score": -math.inf, "history": [], "stale": 0}
+    )
+
+    @property
+    def scored(self) -> torch.nn.Module:
+        """The weights that are validated and saved: the EMA average when there is one."""
+        return self.ema.module if self.ema is not None else self.model
+
+
 def main(args: argparse.Namespace) -> dict[str, Any]:
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -126,43 +151,15 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     out_dir = Path(args.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    splits = load_splits(args.data, policy_from_args(args))
-    labels = choose_labels(splits["train"], args.labels, args.min_positives)
-    splits = {name: split.select_labels(labels) for name, split in splits.items()}
-    splits = limit_labelled_training(splits, args.label_fraction, args.split_seed)
-    if len(splits["val"]) == 0:
-        raise ValueError("expected a non-empty validation split (needed for early stopping and calibration)")
+    splits, labels = _training_data(args)
     spec = common.spec_from_args(args)
     config = ClassifierConfig(
         labels=labels, backbone=args.backbone, input_size=args.input_size, width=args.width, dropout=args.dropout
     )
-    model = XRayClassifier(config)
-    if args.init_from is not None:
-        loaded = load_encoder_weights(model, _state_dict_from(args.init_from), strict=True)
-        print(f"initialised {len(loaded)} encoder tensors from {args.init_from}")
-    model.to(device)
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
-
-    augment = None
-    if not args.no_augment:
-        augment = RandomRadiographAugment(AugmentConfig(hflip=args.hflip), spec, generator=generator)
-    progress = not args.quiet
-    train_set = ImageTensorDataset(splits["train"], spec, progress=progress)
-    val_set = ImageTensorDataset(splits["val"], spec, progress=progress)
-    train_loader = common.loader(train_set, args.batch_size, shuffle=True, generator=generator, workers=args.workers)
-    val_loader = common.loader(val_set, 256, shuffle=False)
-
-    pos_weight = None
-    if args.pos_weight:
-        pos_weight = torch.as_tensor(positive_weights(splits["train"]), dtype=torch.float32, device=device)
-    optimizer = _optimizer(model, args)
-    scheduler = _scheduler(optimizer, args, steps_per_epoch=len(train_loader))
-    ema = common.make_ema(model, args.ema_decay)
-    state = {"epoch": 0, "best_score": -math.inf, "history": [], "stale": 0}
+    trainer = _trainer(args, XRayClassifier(config), splits, spec, generator, device)
     if args.resume:
-        state = _resume(args.resume, model, optimizer, scheduler, ema, generator)
-        print(f"resumed from {args.resume} at epoch {state['epoch']}")
+        trainer.state = _resume(args.resume, trainer)
+        print(f"resumed from {args.resume} at epoch {trainer.state['epoch']}")
         previous_best = Path(args.resume).parent / "best.ckpt"
         if previous_best.exists() and not (out_dir / "best.ckpt").exists():
             shutil.copyfile(previous_best, out_dir / "best.ckpt")  # resuming into a new folder keeps the best so far
@@ -174,112 +171,138 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         "spec": spec.to_dict(),
         "labels": list(labels),
         "data": {name: split.summary() for name, split in splits.items()},
-        "code_version": common.code_version(),
+        "code_version": checkpoints.code_version(),
     }
-    print(f"training {args.backbone} on {len(train_set)} images ({device}), labels: {', '.join(labels)}")
-    for epoch in range(state["epoch"], args.epochs):
-        started = time.perf_counter()
-        loss = _train_one_epoch(
-            model, train_loader, augment, optimizer, scheduler, ema, pos_weight, device, epoch, args
-        )
-        scored = ema.module if ema is not None else model
-        probabilities, targets = _predict_probabilities(scored, val_loader, device)
-        per_label = [evaluate.auroc(targets[:, k], probabilities[:, k]) for k in range(len(labels))]
-        score = (
-            float(np.mean([a for a in per_label if a is not None])) if any(a is not None for a in per_label) else 0.0
-        )
-        improved = score > state["best_score"]
-        state["stale"] = 0 if improved else state["stale"] + 1
-        state["best_score"] = max(score, state["best_score"])
-        state["epoch"] = epoch + 1
-        state["history"].append(
-            {
-                "epoch": epoch + 1,
-                "loss": loss,
-                "val_mean_auroc": score,
-                "val_auroc": dict(zip(labels, per_label, strict=True)),
-                "lr": optimizer.param_groups[0]["lr"],
-                "seconds": time.perf_counter() - started,
-            }
-        )
-        _log_epoch(state["history"][-1], args.epochs, improved)
-        weights = scored.state_dict()
-        payload = {**base_payload, "model": weights, "epoch": epoch + 1, "history": state["history"]}
-        common.save_checkpoint(
-            out_dir / "last.ckpt",
-            {**payload, "train_state": _train_state(model, optimizer, scheduler, ema, state, generator)},
-        )
+    print(f"training {args.backbone} on {len(splits['train'])} images ({device}), labels: {', '.join(labels)}")
+    for epoch in range(trainer.state["epoch"], args.epochs):
+        improved = _run_epoch(trainer, epoch, labels, args)
+        payload = {**base_payload, "model": trainer.scored.state_dict(), "epoch": epoch + 1}
+        payload["history"] = trainer.state["history"]
+        checkpoints.save_checkpoint(out_dir / "last.ckpt", {**payload, "train_state": _train_state(trainer)})
         if improved:
-            common.save_checkpoint(out_dir / "best.ckpt", payload)
-        if args.early_stop and state["stale"] >= args.early_stop:
+            checkpoints.save_checkpoint(out_dir / "best.ckpt", payload)
+        if args.early_stop and trainer.state["stale"] >= args.early_stop:
             print(f"early stop: no better validation AUROC for {args.early_stop} epochs")
             break
+    return _finalise(out_dir, base_payload, trainer.state, splits, spec, labels, device, args)
 
-    return _finalise(out_dir, base_payload, state, splits, spec, labels, device, args, progress)
+
+def _training_data(args: argparse.Namespace) -> tuple[dict[str, LabelledImages], tuple[str, ...]]:
+    """The train/val/test splits with the chosen label columns (and --label-fraction applied), and the labels."""
+    splits = load_splits(args.data, policy_from_args(args))
+    labels = choose_labels(splits["train"], args.labels, args.min_positives)
+    splits = {name: split.select_labels(labels) for name, split in splits.items()}
+    splits = limit_labelled_training(splits, args.label_fraction, args.split_seed)
+    if len(splits["val"]) == 0:
+        raise ValueError("expected a non-empty validation split (needed for early stopping and calibration)")
+    return splits, labels
 
 
-def _finalise(out_dir, base_payload, state, splits, spec, labels, device, args, progress) -> dict[str, Any]:
+def _trainer(args, model: XRayClassifier, splits, spec, generator: torch.Generator, device) -> Trainer:
+    """The network (optionally initialised from --init-encoder) on its device, with loaders and optimiser."""
+    if args.init_from is not None:
+        loaded = load_encoder_weights(model, checkpoints.state_dict_from(args.init_from), strict=True)
+        print(f"initialised {len(loaded)} encoder tensors from {args.init_from}")
+    model.to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    augment = None
+    if not args.no_augment:
+        augment = RandomRadiographAugment(AugmentConfig(hflip=args.hflip), spec, generator=generator)
+    progress = not args.quiet
+    train_set = ImageTensorDataset(splits["train"], spec, progress=progress)
+    train_loader = common.loader(train_set, args.batch_size, shuffle=True, generator=generator, workers=args.workers)
+    val_loader = common.loader(ImageTensorDataset(splits["val"], spec, progress=progress), 256, shuffle=False)
+    pos_weight = None
+    if args.pos_weight:
+        pos_weight = torch.as_tensor(positive_weights(splits["train"]), dtype=torch.float32, device=device)
+    optimizer = _optimizer(model, args)
+    scheduler = _scheduler(optimizer, args, steps_per_epoch=len(train_loader))
+    ema = common.make_ema(model, args.ema_decay)
+    return Trainer(model, optimizer, scheduler, ema, generator, device, train_loader, val_loader, augment, pos_weight)
+
+
+def _run_epoch(trainer: Trainer, epoch: int, labels: tuple[str, ...], args) -> bool:
+    """Train one epoch, score the validation split, record history; True when the mean AUROC improved."""
+    started = time.perf_counter()
+    loss = _train_one_epoch(trainer, epoch, args)
+    probabilities, targets = _predict_probabilities(trainer.scored, trainer.val_loader, trainer.device)
+    per_label = metrics.per_label_auroc(targets, probabilities)
+    score = metrics.mean_auroc(per_label) or 0.0
+    state = trainer.state
+    improved = score > state["best_score"]
+    state["stale"] = 0 if improved else state["stale"] + 1
+    state["best_score"] = max(score, state["best_score"])
+    state["epoch"] = epoch + 1
+    state["history"].append(
+        {
+            "epoch": epoch + 1,
+            "loss": loss,
+            "val_mean_auroc": score,
+            "val_auroc": dict(zip(labels, per_label, strict=True)),
+            "lr": trainer.optimizer.param_groups[0]["lr"],
+            "seconds": time.perf_counter() - started,
+        }
+    )
+    _log_epoch(state["history"][-1], args.epochs, improved)
+    return improved
+
+
+def _finalise(out_dir, base_payload, state, splits, spec, labels, device, args) -> dict[str, Any]:
     """Best weights -> thresholds on validation -> metrics on test -> model.ckpt + metrics.json."""
-    best = common.load_checkpoint(out_dir / "best.ckpt", kind="classifier")
-    model = XRayClassifier(ClassifierConfig.from_dict(best["config"]))
-    model.load_state_dict(best["model"])
-    model.to(device).eval()
+    best = checkpoints.load_checkpoint(out_dir / "best.ckpt", kind="classifier")
+    model = checkpoints.model_from_checkpoint(best).to(device)
     val_loader = common.loader(ImageTensorDataset(splits["val"], spec), 256, shuffle=False)
     val_prob, val_y = _predict_probabilities(model, val_loader, device)
     thresholds = calibrate.label_thresholds(labels, val_y, val_prob, target_sensitivity=args.target_sensitivity)
-    metrics: dict[str, Any] = {"best_epoch": best["epoch"], "val_mean_auroc": state["best_score"]}
     split_name = "test" if len(splits["test"]) else "val"
     if split_name == "test":
-        test_loader = common.loader(ImageTensorDataset(splits["test"], spec, progress=progress), 256, shuffle=False)
-        prob, y = _predict_probabilities(model, test_loader, device)
+        test_set = ImageTensorDataset(splits["test"], spec, progress=not args.quiet)
+        prob, y = _predict_probabilities(model, common.loader(test_set, 256, shuffle=False), device)
     else:
         prob, y = val_prob, val_y
-    table = evaluate.label_metrics(labels, y, prob, thresholds, n_boot=args.bootstrap, seed=args.seed)
-    metrics.update(
-        {
-            "split": split_name,
-            "mean_auroc": evaluate.mean_auroc(table),
-            "labels": [m.to_dict() for m in table],
-        }
-    )
-    print(f"{split_name} split, best epoch {best['epoch']}:\n{evaluate.format_metrics(table)}")
-    print(f"mean AUROC {metrics['mean_auroc']:.3f}")
-    final = {
-        **base_payload,
-        "model": best["model"],
-        "epoch": best["epoch"],
-        "history": state["history"],
-        "thresholds": thresholds,
-        "metrics": metrics,
+    table = metrics.label_metrics(labels, y, prob, thresholds, n_boot=args.bootstrap, seed=args.seed)
+    summary: dict[str, Any] = {
+        "best_epoch": best["epoch"],
+        "val_mean_auroc": state["best_score"],
+        "split": split_name,
+        "mean_auroc": metrics.mean_auroc(m.auroc for m in table),
+        "labels": [m.to_dict() for m in table],
     }
-    common.save_checkpoint(out_dir / "model.ckpt", final)
+    print(f"{split_name} split, best epoch {best['epoch']}:\n{metrics.format_metrics(table)}")
+    print(f"mean AUROC {summary['mean_auroc']:.3f}")
+    final = {**base_payload, "model": best["model"], "epoch": best["epoch"], "history": state["history"]}
+    checkpoints.save_checkpoint(out_dir / "model.ckpt", {**final, "thresholds": thresholds, "metrics": summary})
     (out_dir / "metrics.json").write_text(
-        json.dumps({**metrics, "thresholds": thresholds, "history": state["history"]}, indent=2)
+        json.dumps({**summary, "thresholds": thresholds, "history": state["history"]}, indent=2)
     )
     return {
         "checkpoint": out_dir / "model.ckpt",
-        "metrics": metrics,
+        "metrics": summary,
         "thresholds": thresholds,
         "test_probabilities": prob,
         "test_labels": y,
     }
 
 
-def _train_one_epoch(model, loader, augment, optimizer, scheduler, ema, pos_weight, device, epoch, args) -> float:
+def _train_one_epoch(trainer: Trainer, epoch: int, args) -> float:
+    model, optimizer, scheduler, ema, device = (
+        trainer.model, trainer.optimizer, trainer.scheduler, trainer.ema, trainer.device
+    )  # fmt: skip
     model.train()
     use_amp = device.type == "cuda"
     total, count = 0.0, 0
-    bar = tqdm(loader, desc=f"epoch {epoch + 1}/{args.epochs}", leave=False, disable=args.quiet)
+    bar = tqdm(trainer.train_loader, desc=f"epoch {epoch + 1}/{args.epochs}", leave=False, disable=args.quiet)
     for x, y in bar:
         x = x.to(device, non_blocking=True)
         y = y.to(device, non_blocking=True)
-        if augment is not None:
-            x = augment(x)  # one batched resampling: far cheaper than per item
+        if trainer.augment is not None:
+            x = trainer.augment(x)  # one batched resampling: far cheaper than per item
         if device.type == "cuda":
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
             logits = model(x)
-        loss = common.masked_bce_with_logits(logits.float(), y, pos_weight)
+        loss = common.masked_bce_with_logits(logits.float(), y, trainer.pos_weight)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -326,44 +349,32 @@ def _scheduler(optimizer, args, steps_per_epoch: int):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def _train_state(model, optimizer, scheduler, ema, state, generator: torch.Generator) -> dict[str, Any]:
+def _train_state(trainer: Trainer) -> dict[str, Any]:
     return {
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict() if scheduler is not None else None,
-        "ema": ema.state_dict() if ema is not None else None,
-        "state": state,
+        "model": trainer.model.state_dict(),
+        "optimizer": trainer.optimizer.state_dict(),
+        "scheduler": trainer.scheduler.state_dict() if trainer.scheduler is not None else None,
+        "ema": trainer.ema.state_dict() if trainer.ema is not None else None,
+        "state": trainer.state,
         "rng": torch.get_rng_state(),
-        "generator": generator.get_state(),  # shuffling + augmentation: an exact resume needs it
+        "generator": trainer.generator.get_state(),  # shuffling + augmentation: an exact resume needs it
     }
 
 
-def _resume(path: Path, model, optimizer, scheduler, ema, generator: torch.Generator) -> dict[str, Any]:
-    checkpoint = common.load_checkpoint(path, kind="classifier")
+def _resume(path: Path, trainer: Trainer) -> dict[str, Any]:
+    checkpoint = checkpoints.load_checkpoint(path, kind="classifier")
     train_state = checkpoint.get("train_state")
     if train_state is None:
         raise ValueError(f"expected a last.ckpt with training state at {path}; best/model checkpoints cannot resume")
-    model.load_state_dict(train_state["model"])
-    optimizer.load_state_dict(train_state["optimizer"])
-    if scheduler is not None and train_state["scheduler"] is not None:
-        scheduler.load_state_dict(train_state["scheduler"])
-    if ema is not None and train_state["ema"] is not None:
-        ema.load_state_dict(train_state["ema"])
+    trainer.model.load_state_dict(train_state["model"])
+    trainer.optimizer.load_state_dict(train_state["optimizer"])
+    if trainer.scheduler is not None and train_state["scheduler"] is not None:
+        trainer.scheduler.load_state_dict(train_state["scheduler"])
+    if trainer.ema is not None and train_state["ema"] is not None:
+        trainer.ema.load_state_dict(train_state["ema"])
     torch.set_rng_state(train_state["rng"])
-    generator.set_state(train_state["generator"])
+    trainer.generator.set_state(train_state["generator"])
     return train_state["state"]
-
-
-def _state_dict_from(path: Path) -> dict[str, torch.Tensor]:
-    """A plain state dict file, or one of our checkpoints (its "model" entry)."""
-    loaded = torch.load(path, map_location="cpu", weights_only=False)
-    if isinstance(loaded, dict) and "model" in loaded and isinstance(loaded["model"], dict):
-        return loaded["model"]
-    if isinstance(loaded, dict) and "state_dict" in loaded:
-        return loaded["state_dict"]
-    if isinstance(loaded, dict):
-        return loaded
-    raise ValueError(f"expected a state dict or checkpoint at {path}, got {type(loaded).__name__}")
 
 
 def _log_epoch(entry: dict[str, Any], epochs: int, improved: bool) -> None:

@@ -20,7 +20,7 @@ import torch
 
 from models.classifier import ClassifierConfig, XRayClassifier, load_encoder_weights
 from models.preprocessing import PreprocessSpec
-from training import common
+from training import checkpoints
 
 # xrv's ResNet-50 cannot be built without downloading its weights, so it cannot be checked here: DenseNet-121 only
 XRV_BACKBONES = {"densenet121": "DenseNet"}
@@ -84,7 +84,7 @@ def convert(name: str, out_path: Path, *, download_weights: bool = True) -> Path
         for label, k in zip(labels, keep, strict=True)
     }
     spec = xrv_spec(input_size)
-    common.save_checkpoint(
+    checkpoints.save_checkpoint(
         out_path,
         {
             "kind": "classifier",
@@ -96,7 +96,7 @@ def convert(name: str, out_path: Path, *, download_weights: bool = True) -> Path
             "thresholds": thresholds,
             "metrics": {"source": "torchxrayvision", "description": entry.get("description", "")},
             "data": {},
-            "code_version": common.code_version(),
+            "code_version": checkpoints.code_version(),
         },
     )
     return out_path

@@ -13,9 +13,9 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from models.phantoms import make_phantom
+from models.registry import Registry
 from service.app import create_app
 from service.config import Settings
-from service.registry import Registry
 from tests.conftest import PROJECT_ROOT
 
 SHIPPED_REGISTRY = PROJECT_ROOT / "registry"

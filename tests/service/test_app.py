@@ -13,9 +13,9 @@ from PIL import Image
 
 from models.imaging import decode
 from models.preprocessing import PreprocessSpec, preprocess
+from models.registry import Registry
 from service.app import create_app
 from service.engine import open_session
-from service.registry import Registry
 from tests.conftest import require_shared
 from tests.service.conftest import SHIPPED_REGISTRY, phantom_png, png_bytes, service_settings
 

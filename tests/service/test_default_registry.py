@@ -8,9 +8,9 @@ import pytest
 
 from models.imaging import decode_file
 from models.preprocessing import PreprocessSpec, preprocess
-from service.registry import Registry
+from models.registry import Registry
 from tests.conftest import PROJECT_ROOT, require_shared
-from training import datasets, evaluate
+from training import datasets, metrics
 
 SHIPPED = Registry(PROJECT_ROOT / "registry")
 
@@ -56,7 +56,7 @@ def test_shipped_classifier_scores_the_nih1000_test_folder() -> None:
     probabilities = _session(classifier.path).run(["probabilities"], {"input": x})[0]
     labels = list(classifier.manifest.labels)
     truth = held_out.select_labels(labels).labels
-    aurocs = {name: evaluate.auroc(truth[:, k], probabilities[:, k]) for k, name in enumerate(labels)}
+    aurocs = {name: metrics.auroc(truth[:, k], probabilities[:, k]) for k, name in enumerate(labels)}
     scored = {name: value for name, value in aurocs.items() if value is not None}
     mean = float(np.mean(list(scored.values())))
     print(f"shipped classifier on {len(rows)} nih1000/test images: mean AUROC {mean:.3f} {scored}")

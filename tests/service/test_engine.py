@@ -6,10 +6,10 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
+from models.registry import Registry
 from service import engine
 from service.engine import CPU, CUDA, TENSORRT, EngineError, open_session, requested_providers
 from service.pipeline import _load_session
-from service.registry import Registry
 from tests.service.conftest import SHIPPED_REGISTRY, service_settings
 
 MODEL_SET = Registry(SHIPPED_REGISTRY).model_set("production")

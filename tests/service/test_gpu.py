@@ -9,9 +9,9 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
+from models.registry import Registry
 from service.engine import CPU, CUDA, TENSORRT, open_session
 from service.pipeline import _load_session
-from service.registry import Registry
 from tests.service.conftest import SHIPPED_REGISTRY, service_settings
 
 MODEL_SET = Registry(SHIPPED_REGISTRY).model_set("production")

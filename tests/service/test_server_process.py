@@ -89,7 +89,7 @@ def _images(count: int) -> list[bytes]:
 
 def _expected_probabilities(server: Server, images: list[bytes]) -> list[dict[str, float]]:
     """Each image scored alone, in this process, by the model the server says it serves."""
-    from service.registry import Registry
+    from models.registry import Registry
 
     served = httpx.get(f"{server.url}/v1/models", headers={"x-api-key": server.admin_key}).json()
     registry = Registry(server.registry_dir)
@@ -154,7 +154,7 @@ def test_200_concurrent_requests_from_16_clients(server: Server) -> None:
 
 
 def test_reload_under_load_fails_no_request(server: Server) -> None:
-    from service.registry import Registry
+    from models.registry import Registry
 
     registry = Registry(server.registry_dir)
     admin = {"x-api-key": server.admin_key}

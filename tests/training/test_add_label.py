@@ -12,9 +12,9 @@ from sklearn.metrics import roc_auc_score
 
 from models.classifier import ClassifierConfig, XRayClassifier
 from models.preprocessing import PreprocessSpec
-from training import add_label, common, train_autoencoder, train_classifier
+from training import add_label, checkpoints, train_autoencoder, train_classifier
+from training.checkpoints import splits_from_checkpoint
 from training.datasets import preprocess_all
-from training.report import rebuild_splits
 
 torch.set_num_threads(1)
 
@@ -39,7 +39,7 @@ def test_add_label_keeps_old_outputs_bit_identical_and_learns_the_new_one(base_c
     argv = ["--base", str(base_checkpoint), "--label", "Pneumothorax", "--examples", "50", "--bootstrap", "0"]
     argv += ["--threads", "1", "--quiet", "--output-dir", str(tmp_path)]
     result = add_label.main(add_label.get_args_parser().parse_args(argv))
-    base, grown = common.load_checkpoint(base_checkpoint), common.load_checkpoint(result["checkpoint"])
+    base, grown = checkpoints.load_checkpoint(base_checkpoint), checkpoints.load_checkpoint(result["checkpoint"])
     assert grown["labels"] == ["Abnormal", "Mass", "Pneumothorax"]
     assert set(grown["thresholds"]) == {"Abnormal", "Mass", "Pneumothorax"}
     assert result["added"]["examples"] == 50 and result["added"]["positives"] == 25
@@ -49,7 +49,7 @@ def test_add_label_keeps_old_outputs_bit_identical_and_learns_the_new_one(base_c
             assert torch.equal(grown["model"][key][: value.shape[0]], value)
         else:
             assert torch.equal(grown["model"][key], value), key
-    splits = rebuild_splits(grown, None)
+    splits = splits_from_checkpoint(grown)
     x = torch.from_numpy(preprocess_all(splits["test"], PreprocessSpec.from_dict(grown["spec"])))
     with torch.no_grad():
         old, new = _model(base)(x), _model(grown)(x)
@@ -113,8 +113,8 @@ def test_init_encoder_transfers_the_autoencoder_encoder(tmp_path) -> None:
     argv += ["--optimizer", "adamw", "--lr", "0", "--weight-decay", "0", "--bootstrap", "0", "--threads", "1"]
     argv += ["--quiet", "--init-encoder", str(ae), "--output-dir", str(tmp_path / "clf")]
     classifier = train_classifier.main(train_classifier.get_args_parser().parse_args(argv))["checkpoint"]
-    ae_weights = common.load_checkpoint(ae)["model"]
-    clf = _model(common.load_checkpoint(classifier))
+    ae_weights = checkpoints.load_checkpoint(ae)["model"]
+    clf = _model(checkpoints.load_checkpoint(classifier))
     parameters = dict(clf.encoder.named_parameters())
     assert parameters
     for name, value in parameters.items():

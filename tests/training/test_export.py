@@ -20,11 +20,11 @@ from typer.testing import CliRunner
 
 from models.phantoms import make_phantom
 from models.preprocessing import PreprocessSpec, preprocess
+from models.registry import INT8_SUFFIX, Registry
 from service.cli import app
-from service.registry import INT8_SUFFIX, Registry
 from tests.conftest import PROJECT_ROOT, require_shared
 from training import export, train_autoencoder, train_classifier
-from training.common import load_checkpoint
+from training.checkpoints import load_checkpoint
 from training.datasets import LabelledImages, preprocess_all
 
 torch.set_num_threads(1)
@@ -85,7 +85,7 @@ _TORCH_FREE_SCORER = textwrap.dedent(
     import onnxruntime as ort
     from models.imaging import decode_file
     from models.preprocessing import PreprocessSpec, preprocess
-    from service.registry import Registry
+    from models.registry import Registry
 
     root, name, files, out = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), Path(sys.argv[4])
     model = Registry(root).resolve(name)  # verifies the sha256 of model.onnx

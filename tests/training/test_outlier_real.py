@@ -15,7 +15,7 @@ from pydicom.data import get_testdata_file
 from models.imaging import Radiograph, decode_file, from_array
 from models.preprocessing import preprocess
 from tests.conftest import require_shared
-from training import evaluate, train_autoencoder
+from training import metrics, train_autoencoder
 
 pytestmark = pytest.mark.slow
 
@@ -94,7 +94,7 @@ def test_outlier_auroc_against_non_chest_images(trained) -> None:
     chest = _scores(result, held_out)
     outliers = _scores(result, _non_chest(shared))
     labels = np.r_[np.zeros(chest.size), np.ones(outliers.size)]
-    auroc = evaluate.auroc(labels, np.r_[chest, outliers])
+    auroc = metrics.auroc(labels, np.r_[chest, outliers])
     threshold = result["outlier"]["threshold"]
     print(f"outlier AUROC {auroc:.3f}; flagged {np.mean(outliers > threshold):.0%} of non-chest, "
           f"{np.mean(chest > threshold):.1%} of held-out chest")  # fmt: skip

@@ -10,7 +10,7 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from models.preprocessing import PreprocessSpec
-from training import calibrate, common, evaluate, train_classifier
+from training import calibrate, checkpoints, common, metrics, train_classifier
 from training.sources import parse_spec
 
 
@@ -33,15 +33,15 @@ def test_fast_bootstrap_auroc_equals_sklearn_with_ties() -> None:
     rng = np.random.default_rng(0)
     y = rng.integers(0, 2, 300)
     s = np.round(rng.random(300) + 0.3 * y, 1)  # rounded: many ties
-    assert evaluate._fast_auroc(y, s) == pytest.approx(roc_auc_score(y, s), abs=1e-12)
-    low, high = evaluate.bootstrap_auroc_ci(y.astype(float), s, n_boot=300)
+    assert metrics._fast_auroc(y, s) == pytest.approx(roc_auc_score(y, s), abs=1e-12)
+    low, high = metrics.bootstrap_auroc_ci(y.astype(float), s, n_boot=300)
     assert low < roc_auc_score(y, s) < high
 
 
 def test_auroc_is_undefined_for_one_class_and_masks_nan() -> None:
-    assert evaluate.auroc(np.array([1.0, 1.0, np.nan]), np.array([0.2, 0.3, 0.9])) is None
+    assert metrics.auroc(np.array([1.0, 1.0, np.nan]), np.array([0.2, 0.3, 0.9])) is None
     y = np.array([0.0, 1.0, np.nan, 1.0])
-    assert evaluate.auroc(y, np.array([0.1, 0.8, 0.0, 0.7])) == 1.0
+    assert metrics.auroc(y, np.array([0.1, 0.8, 0.0, 0.7])) == 1.0
 
 
 def test_thresholds_youden_and_target_sensitivity() -> None:
@@ -81,7 +81,7 @@ def _tiny_run(out_dir, *extra: str) -> dict:
 
 def test_checkpoint_carries_everything_export_needs(tmp_path) -> None:
     result = _tiny_run(tmp_path, "--epochs", "2")
-    checkpoint = common.load_checkpoint(result["checkpoint"], kind="classifier")
+    checkpoint = checkpoints.load_checkpoint(result["checkpoint"], kind="classifier")
     assert checkpoint["labels"][0] == "Abnormal"
     assert set(checkpoint["thresholds"]) == set(checkpoint["labels"])
     assert PreprocessSpec.from_dict(checkpoint["spec"]).size == 32
@@ -98,16 +98,16 @@ def test_checkpoint_carries_everything_export_needs(tmp_path) -> None:
 def test_same_seed_same_weights_and_exact_resume(tmp_path) -> None:
     straight = _tiny_run(tmp_path / "a", "--epochs", "2", "--seed", "3")
     again = _tiny_run(tmp_path / "b", "--epochs", "2", "--seed", "3")
-    first = common.load_checkpoint(straight["checkpoint"])["model"]
-    for key, value in common.load_checkpoint(again["checkpoint"])["model"].items():
+    first = checkpoints.load_checkpoint(straight["checkpoint"])["model"]
+    for key, value in checkpoints.load_checkpoint(again["checkpoint"])["model"].items():
         assert torch.equal(value, first[key]), key
     # one epoch, then resume for the second: the same weights as two epochs in one go
     _tiny_run(tmp_path / "c", "--epochs", "1", "--seed", "3")
     resumed = _tiny_run(tmp_path / "d", "--epochs", "2", "--seed", "3", "--resume", str(tmp_path / "c" / "last.ckpt"))
-    last_straight = common.load_checkpoint(tmp_path / "a" / "last.ckpt")["model"]
-    for key, value in common.load_checkpoint(tmp_path / "d" / "last.ckpt")["model"].items():
+    last_straight = checkpoints.load_checkpoint(tmp_path / "a" / "last.ckpt")["model"]
+    for key, value in checkpoints.load_checkpoint(tmp_path / "d" / "last.ckpt")["model"].items():
         assert torch.equal(value, last_straight[key]), key
-    assert [entry["epoch"] for entry in common.load_checkpoint(resumed["checkpoint"])["history"]] == [1, 2]
+    assert [entry["epoch"] for entry in checkpoints.load_checkpoint(resumed["checkpoint"])["history"]] == [1, 2]
 
 
 def test_resume_refuses_a_checkpoint_without_training_state(tmp_path) -> None:

@@ -14,9 +14,9 @@ import torch
 from models.classifier import ClassifierConfig, XRayClassifier
 from models.imaging import decode_file
 from models.preprocessing import preprocess
-from service.registry import Registry
+from models.registry import Registry
 from tests.conftest import require_shared
-from training import common, export, xrv_import
+from training import checkpoints, export, xrv_import
 
 # not importorskip: importing xrv here would silence warnings for the whole test session
 pytestmark = pytest.mark.skipif(
@@ -44,7 +44,7 @@ def test_converted_densenet_reproduces_xrv_outputs(tmp_path) -> None:
     path = xrv_import.convert("densenet121-res224-all", tmp_path / "xrv.ckpt", download_weights=False)
     torch.manual_seed(0)  # the same random initialisation for xrv's own model
     reference, entry = xrv_import.load_xrv_model("densenet121-res224-all", download_weights=False)
-    checkpoint = common.load_checkpoint(path, kind="classifier")
+    checkpoint = checkpoints.load_checkpoint(path, kind="classifier")
     assert checkpoint["labels"] == entry["labels"] and len(checkpoint["labels"]) == 18
     assert checkpoint["thresholds"]["Effusion"] == pytest.approx(entry["op_threshs"][entry["labels"].index("Effusion")])
     model = XRayClassifier(ClassifierConfig.from_dict(checkpoint["config"]))
@@ -60,7 +60,7 @@ def test_converted_densenet_reproduces_xrv_outputs(tmp_path) -> None:
 
 def test_unnamed_xrv_outputs_are_dropped_and_missing_thresholds_default(tmp_path) -> None:
     path = xrv_import.convert("densenet121-res224-nih", tmp_path / "nih.ckpt", download_weights=False)
-    checkpoint = common.load_checkpoint(path)
+    checkpoint = checkpoints.load_checkpoint(path)
     assert len(checkpoint["labels"]) == 14 and "" not in checkpoint["labels"]
     assert all(0.0 < t <= 0.5 for t in checkpoint["thresholds"].values())
     with pytest.raises(ValueError, match="densenet121-res224-all"):

@@ -14,8 +14,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from service.cli import app
-from service.registry import (
+from models.registry import (
     ALIASES_FILE,
     INT8_SUFFIX,
     MODEL_SET_FILE,
@@ -25,6 +24,7 @@ from service.registry import (
     RegistryError,
     triton_config,
 )
+from service.cli import app
 
 SIZE = 16
 LABELS = ["Abnormal", "Effusion"]
@@ -183,7 +183,7 @@ def test_a_manifest_whose_sha256_does_not_match_its_onnx_file_is_refused(registr
         registry.load_manifest("chest", 1)
     message = str(caught.value)
     assert manifest.onnx_sha256 in message  # both hashes are named
-    from service.registry import sha256_file
+    from models.registry import sha256_file
 
     assert sha256_file(model_file) in message and "chest@1" in message
     with pytest.raises(IntegrityError):

@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from tests.conftest import require_shared
-from training import report, train_autoencoder, train_classifier
+from training import evaluate, train_autoencoder, train_classifier
 from training.filterbank import FilterBankClassifier, filter_bank, responses
 
 torch.set_num_threads(1)
@@ -46,7 +46,8 @@ def check_report_images(out: Path, expected: set[str]) -> list[str]:
 
 
 def _eval(*argv: str) -> dict:
-    return report.main(report.get_args_parser().parse_args([*argv, "--threads", "1", "--quiet", "--bootstrap", "200"]))
+    args = evaluate.get_args_parser().parse_args([*argv, "--threads", "1", "--quiet", "--bootstrap", "200"])
+    return evaluate.main(args)
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +64,7 @@ def test_eval_on_a_nih1000_classifier_writes_every_plot_and_the_baseline_row(nih
     data = json.loads((tmp_path / "report.json").read_text())
     labels = [row["label"] for row in data["labels"]]
     expected = {"reliability.png", "training_curves.png", "first_layer_filters.png"}
-    expected |= {f"roc_{report._slug(label)}.png" for label in labels}
+    expected |= {f"roc_{evaluate._slug(label)}.png" for label in labels}
     check_report_images(tmp_path, expected)
     for row in data["labels"]:
         assert {"auroc", "ci_low", "ci_high", "auprc", "sensitivity", "specificity", "threshold", "ece"} <= set(row)
@@ -102,10 +103,10 @@ def test_eval_on_an_autoencoder_with_outliers(tmp_path) -> None:
 
 def test_two_dimensional_codes_are_plotted_as_they_are() -> None:
     codes = np.random.default_rng(0).normal(size=(50, 2))
-    points, method, explained = report.two_dimensions(codes)
+    points, method, explained = evaluate.two_dimensions(codes)
     assert method == "code" and np.array_equal(points, codes) and explained == [1.0]
     wide = np.random.default_rng(0).normal(size=(50, 8)) * np.arange(1, 9)
-    points, method, explained = report.two_dimensions(wide)
+    points, method, explained = evaluate.two_dimensions(wide)
     assert method == "PC" and points.shape == (50, 2) and explained[0] >= explained[1] > 0
 
 
