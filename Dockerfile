@@ -2,7 +2,6 @@
 #   docker build --target cpu -t xray-service:cpu .
 #   docker build --target gpu -t xray-service:gpu .      (onnxruntime-gpu; run with --gpus all)
 # Models come from the registry/ folder baked in below, or a volume mounted over /app/registry.
-# NOTE: `xray serve` arrives with the service issue (#6); until then the image only runs the CLI (train/export/models).
 
 FROM python:3.11-slim AS base
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
@@ -11,6 +10,7 @@ COPY pyproject.toml README.md ./
 COPY models ./models
 COPY training ./training
 COPY service ./service
+COPY xray ./xray
 COPY registry ./registry
 
 FROM base AS cpu

@@ -134,7 +134,7 @@ def start_server(port: int, workers: int) -> tuple[subprocess.Popen, float, str]
     url = f"http://127.0.0.1:{port}"
     start = time.perf_counter()
     process = subprocess.Popen(
-        [sys.executable, "-m", "service.cli", "serve", "--port", str(port), "--workers", str(workers)],
+        [sys.executable, "-m", "xray", "serve", "--port", str(port), "--workers", str(workers)],
         cwd=ROOT,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

@@ -24,13 +24,13 @@ from pathlib import Path
 
 import torch
 
+from models.labels import NIH1000_LABELS
 from training import add_label, evaluate, train_autoencoder, train_classifier
+from training.recipes import FAST_ADAMW
 
 ROOT = Path(__file__).resolve().parents[1]
-NIH_LABELS = ("Abnormal", "Effusion", "Infiltration", "Atelectasis", "Cardiomegaly")
 SPLIT = ["--val-fraction", "0.10", "--test-fraction", "0.25", "--split-seed", "0"]
-RECIPE = ["--input-size", "64", "--optimizer", "adamw", "--lr", "3e-3", "--weight-decay", "0.01", "--pos-weight"]
-RECIPE += ["--ema-decay", "0.99"]
+RECIPE = ["--input-size", "64", *FAST_ADAMW, "--pos-weight"]
 
 
 def classifier(work: Path, name: str, *argv: str) -> dict:
@@ -85,7 +85,7 @@ def pretraining(nih: str, work: Path, epochs: int, seeds: list[int]) -> dict:
             "--data",
             nih,
             "--labels",
-            ",".join(NIH_LABELS),
+            ",".join(NIH1000_LABELS),
             *SPLIT,
             *RECIPE,
             "--label-fraction",
@@ -104,7 +104,7 @@ def pretraining(nih: str, work: Path, epochs: int, seeds: list[int]) -> dict:
         "random_init": summary([r["mean_auroc"] for r in rows["random"]]),
         "autoencoder_init": summary([r["mean_auroc"] for r in rows["autoencoder"]]),
         "per_label": {
-            init: {label: summary([r["auroc"][label] for r in runs]) for label in NIH_LABELS}
+            init: {label: summary([r["auroc"][label] for r in runs]) for label in NIH1000_LABELS}
             for init, runs in rows.items()
         },
         "runs": rows,
@@ -113,8 +113,8 @@ def pretraining(nih: str, work: Path, epochs: int, seeds: list[int]) -> dict:
 
 def adding_a_label(nih: str, work: Path, label: str, draws: int) -> dict:
     common = ["--data", nih, *SPLIT, *RECIPE, "--epochs", "25"]
-    full = classifier(work, "with_label", *common, "--labels", ",".join(NIH_LABELS))
-    base_labels = [name for name in NIH_LABELS if name != label]
+    full = classifier(work, "with_label", *common, "--labels", ",".join(NIH1000_LABELS))
+    base_labels = [name for name in NIH1000_LABELS if name != label]
     base = classifier(work, "without_label", *common, "--labels", ",".join(base_labels))
     added: dict[str, list[dict]] = {"val": [], "cv": []}
     for selection, rows in added.items():
@@ -293,7 +293,7 @@ def main() -> None:
                 "--data",
                 nih,
                 "--labels",
-                ",".join(NIH_LABELS),
+                ",".join(NIH1000_LABELS),
                 *SPLIT,
                 *RECIPE,
                 "--epochs",

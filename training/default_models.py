@@ -13,11 +13,13 @@ import argparse
 from pathlib import Path
 
 from models.registry import Registry
-from training import export, train_autoencoder, train_classifier
+from models.labels import DEFAULT_SET_LABELS
+from training import train_autoencoder, train_classifier
+from training.export import ExportOptions, export_checkpoint
+from training.recipes import FAST_ADAMW
 
 CLASSIFIER_NAME = "chest-classifier"
 AUTOENCODER_NAME = "chest-outlier-ae"
-LABELS = "Abnormal,Effusion,Infiltration,Atelectasis,Cardiomegaly,Pneumonia"
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
@@ -45,59 +47,25 @@ def main(args: argparse.Namespace) -> dict[str, dict]:
         if not path.exists():
             raise FileNotFoundError(f"expected the real training data at {path} (see ../shared/data/README.md)")
     common = ["--input-size", "64", "--threads", str(args.threads), "--quiet"]
-    classifier = train_classifier.main(
-        train_classifier.get_args_parser().parse_args(
-            [
-                "--data",
-                f"nih:{nih_csv}",
-                "--data",
-                f"medmnist:{pneumonia}",
-                "--labels",
-                LABELS,
-                "--test-images-under",
-                str(nih_root / "test"),
-                "--val-fraction",
-                "0.1",
-                "--epochs",
-                str(args.epochs),
-                "--optimizer",
-                "adamw",
-                "--lr",
-                "3e-3",
-                "--weight-decay",
-                "0.01",
-                "--pos-weight",
-                "--ema-decay",
-                "0.99",
-                "--output-dir",
-                str(args.work_dir / "classifier"),
-                *common,
-            ]
-        )  # fmt: skip
-    )
-    autoencoder = train_autoencoder.main(
-        train_autoencoder.get_args_parser().parse_args(
-            [
-                "--data",
-                f"nih:{nih_csv}",
-                "--val-fraction",
-                "0.15",
-                "--test-images-under",
-                str(nih_root / "test"),
-                "--epochs",
-                str(args.ae_epochs),
-                "--output-dir",
-                str(args.work_dir / "autoencoder"),
-                *common,
-            ]
-        )  # fmt: skip
-    )
+    held_out = ["--test-images-under", str(nih_root / "test")]
+    classifier_args = [
+        *("--data", f"nih:{nih_csv}", "--data", f"medmnist:{pneumonia}"),
+        *("--labels", ",".join(DEFAULT_SET_LABELS), *held_out, "--val-fraction", "0.1", "--epochs", str(args.epochs)),
+        *FAST_ADAMW,
+        "--pos-weight",
+        *("--output-dir", str(args.work_dir / "classifier"), *common),
+    ]
+    autoencoder_args = [
+        *("--data", f"nih:{nih_csv}", "--val-fraction", "0.15", *held_out, "--epochs", str(args.ae_epochs)),
+        *("--output-dir", str(args.work_dir / "autoencoder"), *common),
+    ]
+    classifier = train_classifier.main(train_classifier.get_args_parser().parse_args(classifier_args))
+    autoencoder = train_autoencoder.main(train_autoencoder.get_args_parser().parse_args(autoencoder_args))
     registry = Registry(args.registry)
     reports = {}
     for name, result in ((CLASSIFIER_NAME, classifier), (AUTOENCODER_NAME, autoencoder)):
-        reports[name] = export.export_checkpoint(
-            result["checkpoint"], name, registry, int8=True, promote="production", threads=args.threads
-        )
+        options = ExportOptions(int8=True, promote="production", threads=args.threads)
+        reports[name] = export_checkpoint(result["checkpoint"], name, registry, options)
     registry.set_model_set(CLASSIFIER_NAME, AUTOENCODER_NAME)
     return reports
 

@@ -24,7 +24,7 @@ from models.registry import (
     RegistryError,
     triton_config,
 )
-from service.cli import app
+from xray.cli import app
 
 SIZE = 16
 LABELS = ["Abnormal", "Effusion"]

@@ -253,7 +253,7 @@ def _launch(serve_args: list[str], env: dict[str, str], log_path: Path) -> subpr
     """`xray serve ARGS` in its own process, output to log_path, run from the log's folder."""
     with open(log_path, "wb") as log:
         return subprocess.Popen(
-            [sys.executable, "-m", "service.cli", "serve", *serve_args],
+            [sys.executable, "-m", "xray", "serve", *serve_args],
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,

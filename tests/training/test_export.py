@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 from models.phantoms import make_phantom
 from models.preprocessing import PreprocessSpec, preprocess
 from models.registry import INT8_SUFFIX, Registry
-from service.cli import app
+from xray.cli import app
 from tests.conftest import PROJECT_ROOT, require_shared
 from training import export, train_autoencoder, train_classifier
 from training.checkpoints import load_checkpoint
@@ -270,7 +270,7 @@ def test_parity_failure_raises_and_writes_nothing(phantom_autoencoder, tmp_path,
     def drifted(graph, x, batch_size=64):  # a torch reference the ONNX graph no longer matches
         return [out * 1.01 for out in real_run_torch(graph, x, batch_size)]
 
-    monkeypatch.setattr(export, "run_torch", drifted)
+    monkeypatch.setattr(export.onnx_check, "run_torch", drifted)  # what parity_check calls
     root = tmp_path / "registry"
     with pytest.raises(export.ParityError, match="Nothing was written"):
         _export(phantom_autoencoder, "outlier", root)

@@ -10,7 +10,7 @@ from tests.conftest import PROJECT_ROOT
 
 def _xray(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "service.cli", *args], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "xray", *args], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120
     )
 
 

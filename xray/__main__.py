@@ -1,0 +1,5 @@
+"""`python -m xray ...` is the `xray` command."""
+
+from xray.cli import app
+
+app()
