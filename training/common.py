@@ -5,8 +5,10 @@ Checkpoints (write, read, rebuild a model or its split) live in `training.checkp
 
 from __future__ import annotations
 
+import argparse
 import random
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -15,6 +17,27 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader
 
 from models.preprocessing import PreprocessSpec
+
+
+def script_parser(prog: str, description: str, add_help: bool = True) -> argparse.ArgumentParser:
+    """The argparse parser every training script starts from: help text that states each default."""
+    return argparse.ArgumentParser(
+        prog=prog,
+        description=description,
+        add_help=add_help,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+
+
+def start_run(args: argparse.Namespace) -> tuple[torch.Generator, torch.device, Path]:
+    """Threads, seeds, device and output folder of a training run: (generator, device, output dir)."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    generator = seed_everything(args.seed)
+    device = select_device(args.device)
+    out_dir = Path(args.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return generator, device, out_dir
 
 
 def add_preprocess_arguments(group) -> None:

@@ -385,15 +385,7 @@ def nih_chestxray14(
     notes = {"rows_in_table": len(rows), "missing_images": missing}
     if wanted_views is not None:
         notes["other_views_dropped"] = other_views
-    return LabelledImages(
-        names,
-        np.asarray(label_rows, dtype=np.float32).reshape(len(items), len(names)),
-        paths=items,
-        patient_ids=patients,
-        view_positions=views,
-        source=f"nih:{image_root.name}",
-        notes=notes,
-    )
+    return _from_table_rows(names, label_rows, items, patients, views, f"nih:{image_root.name}", notes)
 
 
 def chexpert(
@@ -465,13 +457,26 @@ def chexpert(
     notes = {"rows_in_table": len(rows), "missing_images": missing, "uncertain": uncertain}
     if frontal_only:
         notes["laterals_dropped"] = laterals
+    return _from_table_rows(names, label_rows, items, patients, views, f"chexpert:{csv_path.stem}", notes)
+
+
+def _from_table_rows(
+    names: Sequence[str],
+    label_rows: list[list[float]],
+    items: list[Path],
+    patients: list[str],
+    views: list[str],
+    source: str,
+    notes: dict[str, Any],
+) -> LabelledImages:
+    """The images a label table (NIH, CheXpert) describes, one row each."""
     return LabelledImages(
         names,
         np.asarray(label_rows, dtype=np.float32).reshape(len(items), len(names)),
         paths=items,
         patient_ids=patients,
         view_positions=views,
-        source=f"chexpert:{csv_path.stem}",
+        source=source,
         notes=notes,
     )
 

@@ -12,9 +12,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from models.registry import Registry
 from models.labels import DEFAULT_SET_LABELS
-from training import train_autoencoder, train_classifier
+from models.registry import Registry
+from training import common, train_autoencoder, train_classifier
 from training.export import ExportOptions, export_checkpoint
 from training.recipes import FAST_ADAMW
 
@@ -23,12 +23,8 @@ AUTOENCODER_NAME = "chest-outlier-ae"
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m training.default_models",
-        description="Train and export the default model set into the registry.",
-        add_help=add_help,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+    description = "Train and export the default model set into the registry."
+    parser = common.script_parser("python -m training.default_models", description, add_help)
     root = Path(__file__).resolve().parents[1]
     parser.add_argument("--shared-data", type=Path, default=root.parent / "shared" / "data", help="real data root")
     parser.add_argument("--registry", type=Path, default=root / "registry", help="registry root to export into")

@@ -31,41 +31,9 @@ from training.sources import SPEC_HELP, choose_labels, limit_labelled_training, 
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="xray train classifier",
-        description="Train a CNN classifier (abnormal + pathology heads) on labelled radiographs.",
-        add_help=add_help,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    data = parser.add_argument_group("data")
-    data.add_argument("--data", action="append", required=True, help=SPEC_HELP)
-    data.add_argument(
-        "--labels", type=_comma_list, default=None, help="comma-separated labels (default: all with enough positives)"
-    )
-    data.add_argument("--min-positives", type=int, default=10, help="labels with fewer training positives are left out")
-    data.add_argument("--val-fraction", type=float, default=0.1, help="patients held out for validation/calibration")
-    data.add_argument("--test-fraction", type=float, default=0.2, help="patients held out for the final test")
-    data.add_argument("--split-seed", type=int, default=0, help="seed of the patient-level split")
-    data.add_argument(
-        "--uncertain",
-        choices=("ignore", "positive", "negative"),
-        default="ignore",
-        help="CheXpert uncertain (-1) labels: missing, U-Ones or U-Zeros",
-    )
-    data.add_argument(
-        "--test-images-under",
-        type=Path,
-        default=None,
-        help="hold out every patient with an image under this folder as the test split (e.g. a published test set)",
-    )
-    data.add_argument(
-        "--label-fraction",
-        type=float,
-        default=1.0,
-        help="train on this random fraction of the labelled training images (fixed by --split-seed; label-scarce "
-        "experiments)",
-    )
-    data.add_argument("--views", type=_comma_list, default=(), help="keep only these view positions, e.g. PA,AP")
+    description = "Train a CNN classifier (abnormal + pathology heads) on labelled radiographs."
+    parser = common.script_parser("xray train classifier", description, add_help)
+    _add_data_arguments(parser.add_argument_group("data"))
     model = parser.add_argument_group("model")
     model.add_argument("--backbone", choices=BACKBONES, default="small_cnn", help="encoder architecture")
     model.add_argument("--width", type=int, default=32, help="base width of small_cnn")
@@ -115,6 +83,38 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     return parser
 
 
+def _add_data_arguments(data: argparse._ArgumentGroup) -> None:
+    """Which images and labels, and how they are split (saved in the checkpoint so the split can be rebuilt)."""
+    data.add_argument("--data", action="append", required=True, help=SPEC_HELP)
+    data.add_argument(
+        "--labels", type=_comma_list, default=None, help="comma-separated labels (default: all with enough positives)"
+    )
+    data.add_argument("--min-positives", type=int, default=10, help="labels with fewer training positives are left out")
+    data.add_argument("--val-fraction", type=float, default=0.1, help="patients held out for validation/calibration")
+    data.add_argument("--test-fraction", type=float, default=0.2, help="patients held out for the final test")
+    data.add_argument("--split-seed", type=int, default=0, help="seed of the patient-level split")
+    data.add_argument(
+        "--uncertain",
+        choices=("ignore", "positive", "negative"),
+        default="ignore",
+        help="CheXpert uncertain (-1) labels: missing, U-Ones or U-Zeros",
+    )
+    data.add_argument(
+        "--test-images-under",
+        type=Path,
+        default=None,
+        help="hold out every patient with an image under this folder as the test split (e.g. a published test set)",
+    )
+    data.add_argument(
+        "--label-fraction",
+        type=float,
+        default=1.0,
+        help="train on this random fraction of the labelled training images (fixed by --split-seed; label-scarce "
+        "experiments)",
+    )
+    data.add_argument("--views", type=_comma_list, default=(), help="keep only these view positions, e.g. PA,AP")
+
+
 def _comma_list(text: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in text.split(",") if part.strip())
 
@@ -144,13 +144,7 @@ class Trainer:
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    generator = common.seed_everything(args.seed)
-    device = common.select_device(args.device)
-    out_dir = Path(args.output_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-
+    generator, device, out_dir = common.start_run(args)
     splits, labels = _training_data(args)
     spec = common.spec_from_args(args)
     config = ClassifierConfig(
