@@ -21,11 +21,11 @@ from typer.testing import CliRunner
 from models.phantoms import make_phantom
 from models.preprocessing import PreprocessSpec, preprocess
 from models.registry import INT8_SUFFIX, Registry
-from xray.cli import app
 from tests.conftest import PROJECT_ROOT, require_shared
 from training import export, train_autoencoder, train_classifier
 from training.checkpoints import load_checkpoint
 from training.datasets import LabelledImages, preprocess_all
+from xray.cli import app
 
 torch.set_num_threads(1)
 
