@@ -11,7 +11,7 @@ python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
 nvidia-smi -L; echo "cores: $(nproc)"
 python3 -c "import onnxruntime as o; print('onnxruntime', o.__version__, o.__file__, o.get_available_providers())"
-probe='from service.engine import open_session; from service.registry import Registry
+probe='from service.engine import open_session; from models.registry import Registry
 m = Registry("registry").model_set().classifier; print(open_session(m, providers="cuda").providers[0])'
 first=$(python3 -c "$probe" 2>/dev/null | tail -1)
 echo "CUDA session via preload_dlls: $first"
