@@ -7,8 +7,9 @@ trainers choose their epochs (5-fold CV on the examples alone was noisier: see e
 computes each label's logit on its own row (`XRayClassifier._logits`), so the first K outputs of the new model are
 bit-identical to the base model's.
 
-The train/val/test split is rebuilt with the base checkpoint's split settings, so the few examples come from the
-base model's training patients and the new label is tested on its test patients.
+The train/val/test split is rebuilt from the base checkpoint (`checkpoints.splits_from_checkpoint`: its split
+settings and its --label-fraction), so the examples come from the base model's training images (only those it was
+trained on when it used a --label-fraction below 1) and the new label is tested on its test patients.
 """
 
 from __future__ import annotations
@@ -16,30 +17,26 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold, cross_val_score
 
-from models.classifier import ClassifierConfig, XRayClassifier
+from models.classifier import XRayClassifier
 from models.preprocessing import PreprocessSpec
 from models.registry import sha256_file
 from training import calibrate, checkpoints, common, metrics
 from training.datasets import ImageTensorDataset, LabelledImages
-from training.sources import SPEC_HELP, load_splits, policy_from_args
+from training.sources import SPEC_HELP
 
 C_GRID = (0.0001, 0.001, 0.01, 0.1, 1.0, 10.0)  # ascending: ties go to the stronger regularisation
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="xray train add-label",
-        description="Add a label to a trained classifier: logistic regression on its frozen encoder's features.",
-        add_help=add_help,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+    description = "Add a label to a trained classifier: logistic regression on its frozen encoder's features."
+    parser = common.script_parser("xray train add-label", description, add_help)
     parser.add_argument("--base", type=Path, required=True, help="the classifier checkpoint (model.ckpt) to extend")
     parser.add_argument("--label", required=True, help="the new label (a column of the data)")
     parser.add_argument("--data", action="append", default=None, help=SPEC_HELP + " (default: the base model's --data)")
@@ -139,22 +136,16 @@ def fit_head(features: np.ndarray, labels: np.ndarray, c: float | None, seed: in
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
+    """Fit the new label's head row on the base encoder's features, score it, save the grown checkpoint."""
     if args.threads:
         torch.set_num_threads(args.threads)
     device = common.select_device(args.device)
     base = checkpoints.load_checkpoint(args.base, kind="classifier")
-    model = XRayClassifier(ClassifierConfig.from_dict(base["config"]))
-    model.load_state_dict(base["model"])
-    model.to(device).eval()
+    model = cast(XRayClassifier, checkpoints.model_from_checkpoint(base).to(device))
     if args.label in model.labels:
         raise ValueError(f"the base model already has {args.label!r}; its labels are {list(model.labels)}")
     spec = PreprocessSpec.from_dict(base["spec"])
-    base_args = argparse.Namespace(**base["args"])
-    data = args.data or base_args.data
-    splits = load_splits(data, policy_from_args(base_args))
-    if args.label not in splits["train"].label_names:
-        raise ValueError(f"{args.label!r} is not a label of {data}; available: {list(splits['train'].label_names)}")
-    splits = {name: split.select_labels([args.label]) for name, split in splits.items()}
+    splits = label_splits(base, args)
     rng = np.random.default_rng(args.seed)
     chosen = few_shot_index(splits["train"].labels[:, 0], args.examples, rng)
     progress = not args.quiet
@@ -164,28 +155,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     if c is None and args.select_c == "val":
         c = choose_c_on_validation(train_x, train_y, val_x, val_y, args.seed)
     weight, bias, c = fit_head(train_x, train_y, c, args.seed)
-
-    model.add_head(args.label)
-    with torch.no_grad():
-        model.head.weight[-1] = torch.as_tensor(weight, dtype=model.head.weight.dtype)
-        model.head.bias[-1] = torch.as_tensor(bias, dtype=model.head.bias.dtype)
-
-    def probabilities(x: np.ndarray) -> np.ndarray:
-        return 1.0 / (1.0 + np.exp(-(x @ weight + bias)))
-
-    val_p = probabilities(val_x)
-    threshold = calibrate.label_thresholds(
-        [args.label], val_y[:, None], val_p[:, None], target_sensitivity=args.target_sensitivity
-    )
-    test_name = "test" if len(splits["test"]) else "val"
-    if test_name == "test":
-        test_x, test_y = pooled_features(model, splits["test"], spec, device, progress)
-        test_p = probabilities(test_x)
-    else:
-        test_p, test_y = val_p, val_y
-    table = metrics.label_metrics(
-        [args.label], test_y[:, None], test_p[:, None], threshold, n_boot=args.bootstrap, seed=args.seed
-    )
+    append_head(model, args.label, weight, bias)
+    threshold, test_name, table = score_new_label(model, splits, spec, device, args, (weight, bias), (val_x, val_y))
     added = {
         "label": args.label,
         "examples": len(chosen),
@@ -201,11 +172,65 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         f"{args.label}: {len(chosen)} examples ({added['positives']} positive), C={c:g}\n"
         f"{metrics.format_metrics(table)}"
     )
-    grown_metrics = dict(base.get("metrics", {}))
-    grown_metrics["labels"] = [*grown_metrics.get("labels", []), table[0].to_dict()]
-    grown_metrics["added_labels"] = [*grown_metrics.get("added_labels", []), added]
     out_dir = Path(args.output_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    save_grown_checkpoint(out_dir / "model.ckpt", base, model, threshold, added)
+    (out_dir / "add_label.json").write_text(json.dumps(added, indent=2))
+    return {"checkpoint": out_dir / "model.ckpt", "added": added, "model": model}
+
+
+def label_splits(base: dict[str, Any], args: argparse.Namespace) -> dict[str, LabelledImages]:
+    """The base checkpoint's train/val/test split (of --data, if given) with the new label as the only column."""
+    return checkpoints.splits_from_checkpoint(base, args.data, labels=[args.label])
+
+
+def append_head(model: XRayClassifier, label: str, weight: np.ndarray, bias: float) -> None:
+    """One more row of the linear head, for `label`, with the fitted raw-feature weight and bias."""
+    model.add_head(label)
+    with torch.no_grad():
+        model.head.weight[-1] = torch.as_tensor(weight, dtype=model.head.weight.dtype)
+        model.head.bias[-1] = torch.as_tensor(bias, dtype=model.head.bias.dtype)
+
+
+def score_new_label(
+    model: XRayClassifier,
+    splits: dict[str, LabelledImages],
+    spec: PreprocessSpec,
+    device,
+    args: argparse.Namespace,
+    head: tuple[np.ndarray, float],
+    validation: tuple[np.ndarray, np.ndarray],
+) -> tuple[dict[str, float], str, list[metrics.LabelMetrics]]:
+    """(threshold chosen on validation, the split scored, its metrics): test, or validation when test is empty."""
+    weight, bias = head
+    val_x, val_y = validation
+
+    def probabilities(x: np.ndarray) -> np.ndarray:
+        return 1.0 / (1.0 + np.exp(-(x @ weight + bias)))
+
+    val_p = probabilities(val_x)
+    threshold = calibrate.label_thresholds(
+        [args.label], val_y[:, None], val_p[:, None], target_sensitivity=args.target_sensitivity
+    )
+    test_name = "test" if len(splits["test"]) else "val"
+    if test_name == "test":
+        test_x, test_y = pooled_features(model, splits["test"], spec, device, not args.quiet)
+        test_p = probabilities(test_x)
+    else:
+        test_p, test_y = val_p, val_y
+    table = metrics.label_metrics(
+        [args.label], test_y[:, None], test_p[:, None], threshold, n_boot=args.bootstrap, seed=args.seed
+    )
+    return threshold, test_name, table
+
+
+def save_grown_checkpoint(
+    path: Path, base: dict[str, Any], model: XRayClassifier, threshold: dict[str, float], added: dict[str, Any]
+) -> None:
+    """The base checkpoint with the grown model, the new label's threshold and its metrics appended."""
+    grown_metrics = dict(base.get("metrics", {}))
+    grown_metrics["labels"] = [*grown_metrics.get("labels", []), dict(added["metrics"])]
+    grown_metrics["added_labels"] = [*grown_metrics.get("added_labels", []), added]
+    path.parent.mkdir(parents=True, exist_ok=True)
     checkpoint = {
         **{k: v for k, v in base.items() if k not in ("model", "config", "labels", "thresholds", "metrics")},
         "model": model.state_dict(),
@@ -214,9 +239,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         "thresholds": {**base.get("thresholds", {}), **threshold},
         "metrics": grown_metrics,
     }
-    checkpoints.save_checkpoint(out_dir / "model.ckpt", checkpoint)
-    (out_dir / "add_label.json").write_text(json.dumps(added, indent=2))
-    return {"checkpoint": out_dir / "model.ckpt", "added": added, "model": model}
+    checkpoints.save_checkpoint(path, checkpoint)
 
 
 if __name__ == "__main__":

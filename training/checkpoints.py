@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+from argparse import Namespace
 from collections.abc import Sequence
 from pathlib import Path
 from types import SimpleNamespace
@@ -37,6 +38,14 @@ def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     torch.save({"format": CHECKPOINT_FORMAT, **payload}, tmp)
     os.replace(tmp, path)
+
+
+def jsonable_args(args: Namespace) -> dict[str, Any]:
+    """A trainer's arguments as the checkpoint stores them: paths as strings, tuples as lists."""
+    return {
+        key: str(value) if isinstance(value, Path) else list(value) if isinstance(value, tuple) else value
+        for key, value in vars(args).items()
+    }
 
 
 def load_checkpoint(path: str | Path, kind: str | None = None) -> dict[str, Any]:
@@ -78,7 +87,8 @@ def splits_from_checkpoint(
     if labels is not None:
         missing = [name for name in labels if name not in splits["train"].label_names]
         if missing:
-            raise ValueError(f"{missing} not labels of {specs}; available: {list(splits['train'].label_names)}")
+            named = f"{missing[0]!r} is not a label" if len(missing) == 1 else f"{missing} are not labels"
+            raise ValueError(f"{named} of {specs}; available: {list(splits['train'].label_names)}")
     chosen = labels if labels is not None else checkpoint.get("labels")
     if chosen:
         splits = {name: split.select_labels(chosen) for name, split in splits.items()}

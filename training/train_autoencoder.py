@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from models.autoencoder import AutoencoderConfig, ConvAutoencoder
@@ -29,12 +30,8 @@ from training.sources import SPEC_HELP, load_splits, policy_from_args
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="xray train autoencoder",
-        description="Train a convolutional autoencoder whose reconstruction error flags non-chest images.",
-        add_help=add_help,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+    description = "Train a convolutional autoencoder whose reconstruction error flags non-chest images."
+    parser = common.script_parser("xray train autoencoder", description, add_help)
     parser.add_argument("--data", action="append", required=True, help=SPEC_HELP + "; labels are not used")
     parser.add_argument("--val-fraction", type=float, default=0.15, help="patients held out to set the threshold")
     parser.add_argument("--test-fraction", type=float, default=0.0, help="patients held out for a final check")
@@ -66,25 +63,14 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    generator = common.seed_everything(args.seed)
-    device = common.select_device(args.device)
-    out_dir = Path(args.output_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    """Train, keep the epoch with the lowest validation error, set the outlier threshold, save the checkpoint."""
+    generator, device, out_dir = common.start_run(args)
 
     splits = load_splits(args.data, policy_from_args(args))
     if len(splits["val"]) == 0:
         raise ValueError("expected a non-empty validation split: the outlier threshold is set on it")
     spec = common.spec_from_args(args)
-    config = AutoencoderConfig(
-        backbone=args.backbone,
-        input_size=args.input_size,
-        width=args.width,
-        bottleneck=args.bottleneck,
-        noise_std=args.noise_std,
-        mask_prob=args.mask_prob,
-    )
+    config = config_from_args(args)
     model = ConvAutoencoder(config).to(device)
     augment = None if args.no_augment else RandomRadiographAugment(AugmentConfig(), spec, generator=generator)
     progress = not args.quiet
@@ -93,6 +79,52 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     train_loader = common.loader(train_set, args.batch_size, shuffle=True, generator=generator)
     val_loader = common.loader(val_set, 256, shuffle=False)
 
+    print(f"training autoencoder ({args.backbone}, k={args.bottleneck}) on {len(train_set)} images ({device})")
+    history, best_weights = train_epochs(model, augment, train_loader, val_loader, args, device)
+
+    model.load_state_dict(best_weights)
+    outlier = outlier_summary(model, val_loader, args.outlier_percentile, device)
+    payload = {
+        "kind": "autoencoder",
+        "args": checkpoints.jsonable_args(args),
+        "config": config.to_dict(),
+        "spec": spec.to_dict(),
+        "model": best_weights,
+        "outlier": outlier,
+        "history": history,
+        "data": {name: split.summary() for name, split in splits.items()},
+        "code_version": checkpoints.code_version(),
+    }
+    checkpoints.save_checkpoint(out_dir / "model.ckpt", payload)
+    (out_dir / "metrics.json").write_text(json.dumps({"outlier": outlier, "history": history}, indent=2))
+    print(
+        f"outlier threshold {outlier['threshold']:.4f} (p{args.outlier_percentile:g} of {outlier['val_images']} "
+        "validation errors)"
+    )
+    return {"checkpoint": out_dir / "model.ckpt", "outlier": outlier, "model": model.cpu().eval(), "spec": spec}
+
+
+def config_from_args(args: argparse.Namespace) -> AutoencoderConfig:
+    """The network's configuration from the command line."""
+    return AutoencoderConfig(
+        backbone=args.backbone,
+        input_size=args.input_size,
+        width=args.width,
+        bottleneck=args.bottleneck,
+        noise_std=args.noise_std,
+        mask_prob=args.mask_prob,
+    )
+
+
+def train_epochs(
+    model: ConvAutoencoder,
+    augment: RandomRadiographAugment | None,
+    train_loader: DataLoader,
+    val_loader: DataLoader,
+    args: argparse.Namespace,
+    device: torch.device,
+) -> tuple[list[dict[str, Any]], dict[str, torch.Tensor] | None]:
+    """AdamW with a cosine schedule for --epochs; (per-epoch history, weights of the lowest validation error)."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     total_steps = max(1, args.epochs * len(train_loader))
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -101,7 +133,6 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     noise_generator = torch.Generator(device=device).manual_seed(args.seed)
     history: list[dict[str, Any]] = []
     best_error, best_weights = math.inf, None
-    print(f"training autoencoder ({args.backbone}, k={args.bottleneck}) on {len(train_set)} images ({device})")
     for epoch in range(args.epochs):
         started = time.perf_counter()
         model.train()
@@ -118,8 +149,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             scheduler.step()
             total += float(loss.detach()) * x.shape[0]
             count += x.shape[0]
-        val_errors = reconstruction_errors(model, val_loader, device)
-        val_error = float(np.mean(val_errors))
+        val_error = float(np.mean(reconstruction_errors(model, val_loader, device)))
         history.append(
             {
                 "epoch": epoch + 1,
@@ -136,31 +166,20 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             f"{' *' if improved else ''} {history[-1]['seconds']:.1f}s",
             flush=True,
         )
+    return history, best_weights
 
-    model.load_state_dict(best_weights)
+
+def outlier_summary(
+    model: ConvAutoencoder, val_loader: DataLoader, percentile: float, device: torch.device
+) -> dict[str, Any]:
+    """The outlier threshold (`percentile` of the validation errors) and the validation error distribution."""
     val_errors = reconstruction_errors(model, val_loader, device)
-    threshold = calibrate.outlier_threshold(val_errors, args.outlier_percentile)
-    outlier = {
-        "threshold": threshold,
-        "percentile": args.outlier_percentile,
+    return {
+        "threshold": calibrate.outlier_threshold(val_errors, percentile),
+        "percentile": percentile,
         "val_error_quantiles": {str(q): float(np.percentile(val_errors, q)) for q in (1, 5, 25, 50, 75, 95, 99)},
         "val_images": int(val_errors.size),
     }
-    payload = {
-        "kind": "autoencoder",
-        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-        "config": config.to_dict(),
-        "spec": spec.to_dict(),
-        "model": best_weights,
-        "outlier": outlier,
-        "history": history,
-        "data": {name: split.summary() for name, split in splits.items()},
-        "code_version": checkpoints.code_version(),
-    }
-    checkpoints.save_checkpoint(out_dir / "model.ckpt", payload)
-    (out_dir / "metrics.json").write_text(json.dumps({"outlier": outlier, "history": history}, indent=2))
-    print(f"outlier threshold {threshold:.4f} (p{args.outlier_percentile:g} of {val_errors.size} validation errors)")
-    return {"checkpoint": out_dir / "model.ckpt", "outlier": outlier, "model": model.cpu().eval(), "spec": spec}
 
 
 @torch.no_grad()

@@ -160,7 +160,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
 
     base_payload = {
         "kind": "classifier",
-        "args": _jsonable(vars(args)),
+        "args": checkpoints.jsonable_args(args),
         "config": config.to_dict(),
         "spec": spec.to_dict(),
         "labels": list(labels),
@@ -380,10 +380,6 @@ def _log_epoch(entry: dict[str, Any], epochs: int, improved: bool) -> None:
         f" | {per_label} | lr {entry['lr']:.2g} {entry['seconds']:.1f}s",
         flush=True,
     )
-
-
-def _jsonable(values: dict[str, Any]) -> dict[str, Any]:
-    return {k: (str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v) for k, v in values.items()}
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ import torch
 
 from models.registry import Registry
 from models.settings import default_registry_dir
+from training import common
 from training.export.run import ExportOptions, export_checkpoint
 from training.sources import SPEC_HELP
 
@@ -97,12 +98,8 @@ def _add_serving_and_run_arguments(parser: argparse.ArgumentParser) -> None:
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     """The `xray export` argument parser."""
-    parser = argparse.ArgumentParser(
-        prog="xray export",
-        description="Export a checkpoint to ONNX (checked against torch on real images) into the model registry.",
-        add_help=add_help,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+    description = "Export a checkpoint to ONNX (checked against torch on real images) into the model registry."
+    parser = common.script_parser("xray export", description, add_help)
     _add_model_arguments(parser)
     _add_data_arguments(parser)
     _add_serving_and_run_arguments(parser)
