@@ -27,7 +27,7 @@ from models.imaging import ImagingError, decode_file
 from models.preprocessing import PreprocessSpec, preprocess
 from training import checkpoints, common, metrics
 from training.datasets import LabelledImages, preprocess_all
-from training.evaluation_html import _fmt, _slug, render_html
+from training.evaluation_html import format_value, render_html, slug
 from training.evaluation_plots import (
     plot_codes,
     plot_error_histogram,
@@ -210,7 +210,7 @@ def label_rows(
                 base_points = metrics.roc_points(y[:, k], baseline_p[:, k])
                 if base_points is not None:
                     curves["filter bank"] = (*base_points, baseline["labels"][k]["auroc"])
-            images["roc"][label] = plot_roc(label, curves, out / f"roc_{_slug(label)}.png")
+            images["roc"][label] = plot_roc(label, curves, out / f"roc_{slug(label)}.png")
         if baseline is not None:
             row["baseline_auroc"] = baseline["labels"][k]["auroc"]
         rows.append(row)
@@ -344,9 +344,9 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     (out / "index.html").write_text(render_html(report), encoding="utf-8")
     if kind == "classifier":
         print(body["table"])
-        print("\n".join(f"{row['model']}: mean AUROC {_fmt(row['mean_auroc'])}" for row in body["comparison"]))
+        print("\n".join(f"{row['model']}: mean AUROC {format_value(row['mean_auroc'])}" for row in body["comparison"]))
     else:
-        print(f"outlier AUROC {_fmt(body.get('outlier_auroc'))} on {body['outlier_images']} non-chest images")
+        print(f"outlier AUROC {format_value(body.get('outlier_auroc'))} on {body['outlier_images']} non-chest images")
     print(f"report: {out / 'index.html'}")
     return {"report": report, "output_dir": out}
 

@@ -9,12 +9,12 @@ import html
 from typing import Any
 
 
-def _slug(text: str) -> str:
+def slug(text: str) -> str:
     """A file-name-safe lower-case form of a label."""
     return "".join(c if c.isalnum() else "_" for c in text).strip("_").lower() or "label"
 
 
-def _fmt(value: Any) -> str:
+def format_value(value: Any) -> str:
     if value is None:
         return "–"
     if isinstance(value, float):
@@ -59,17 +59,18 @@ def _classifier_parts(report: dict[str, Any]) -> list[str]:
     for row in report["labels"]:
         ci = f"{row['ci_low']:.3f}–{row['ci_high']:.3f}" if row.get("ci_low") is not None else "–"
         parts.append(
-            f"<tr><td>{html.escape(row['label'])}</td><td>{_fmt(row['auroc'])}</td><td>{ci}</td>"
-            f"<td>{_fmt(row.get('auprc'))}</td><td>{_fmt(row.get('threshold'))}</td>"
-            f"<td>{_fmt(row.get('sensitivity'))}</td><td>{_fmt(row.get('specificity'))}</td>"
-            f"<td>{_fmt(row.get('ece'))}</td><td>{row['positives']}</td><td>{row['negatives']}</td>"
-            f"<td>{_fmt(row.get('baseline_auroc'))}</td></tr>"
+            f"<tr><td>{html.escape(row['label'])}</td><td>{format_value(row['auroc'])}</td><td>{ci}</td>"
+            f"<td>{format_value(row.get('auprc'))}</td><td>{format_value(row.get('threshold'))}</td>"
+            f"<td>{format_value(row.get('sensitivity'))}</td><td>{format_value(row.get('specificity'))}</td>"
+            f"<td>{format_value(row.get('ece'))}</td><td>{row['positives']}</td><td>{row['negatives']}</td>"
+            f"<td>{format_value(row.get('baseline_auroc'))}</td></tr>"
         )
     parts.append(
         "</table><h2>What learning the convolutions buys</h2><table><tr><th>model</th><th>mean AUROC</th></tr>"
     )
     parts += [
-        f"<tr><td>{html.escape(r['model'])}</td><td>{_fmt(r['mean_auroc'])}</td></tr>" for r in report["comparison"]
+        f"<tr><td>{html.escape(row['model'])}</td><td>{format_value(row['mean_auroc'])}</td></tr>"
+        for row in report["comparison"]
     ]
     parts.append("</table><h2>ROC curves</h2>")
     parts += [_img(name, f"ROC {label}") for label, name in plots["roc"].items()]
@@ -89,7 +90,7 @@ def _autoencoder_parts(report: dict[str, Any]) -> list[str]:
         "outlier_auroc",
         "outliers_flagged_fraction",
     ):
-        parts.append(f"<tr><td>{key.replace('_', ' ')}</td><td>{_fmt(report.get(key))}</td></tr>")
+        parts.append(f"<tr><td>{key.replace('_', ' ')}</td><td>{format_value(report.get(key))}</td></tr>")
     parts.append("</table>")
     if report.get("outlier_images_skipped"):
         parts.append(f"<p>not readable: {html.escape(', '.join(report['outlier_images_skipped']))}</p>")

@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from tests.conftest import require_shared
-from training import evaluate, train_autoencoder, train_classifier
+from training import evaluate, evaluation_html, train_autoencoder, train_classifier
 from training.filterbank import FilterBankClassifier, filter_bank, responses
 
 torch.set_num_threads(1)
@@ -64,7 +64,7 @@ def test_eval_on_a_nih1000_classifier_writes_every_plot_and_the_baseline_row(nih
     data = json.loads((tmp_path / "report.json").read_text())
     labels = [row["label"] for row in data["labels"]]
     expected = {"reliability.png", "training_curves.png", "first_layer_filters.png"}
-    expected |= {f"roc_{evaluate._slug(label)}.png" for label in labels}
+    expected |= {f"roc_{evaluation_html.slug(label)}.png" for label in labels}
     check_report_images(tmp_path, expected)
     for row in data["labels"]:
         assert {"auroc", "ci_low", "ci_high", "auprc", "sensitivity", "specificity", "threshold", "ece"} <= set(row)
