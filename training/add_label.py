@@ -61,11 +61,12 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         help="threshold for this sensitivity on validation (default: Youden's J)",
     )
     parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the AUROC CI")
-    parser.add_argument("--output-dir", type=Path, default=Path("runs/add-label"), help="where model.ckpt goes")
-    parser.add_argument("--seed", type=int, default=0, help="seed for choosing the examples")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda")
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    common.add_run_arguments(
+        parser,
+        output_dir=Path("runs/add-label"),
+        output_help="where model.ckpt goes",
+        seed_help="seed for choosing the examples",
+    )
     return parser
 
 

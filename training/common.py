@@ -29,6 +29,15 @@ def script_parser(prog: str, description: str, add_help: bool = True) -> argpars
     )
 
 
+def add_run_arguments(group, *, output_dir: Path | None, output_help: str, seed_help: str) -> None:
+    """The run flags every training script shares: output folder, seed, device, CPU threads, quiet."""
+    group.add_argument("--output-dir", type=Path, default=output_dir, help=output_help)
+    group.add_argument("--seed", type=int, default=0, help=seed_help)
+    group.add_argument("--device", default="auto", help="auto (cuda if available, else cpu), cpu, cuda, cuda:1")
+    group.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
+    group.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
 def start_run(args: argparse.Namespace) -> tuple[torch.Generator, torch.device, Path]:
     """Threads, seeds, device and output folder of a training run: (generator, device, output dir)."""
     if args.threads:

@@ -59,11 +59,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--no-baseline", action="store_true", help="skip the classic filter-bank reference model")
     parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for AUROC CIs")
     parser.add_argument("--gallery", type=int, default=6, help="chest films in the reconstruction gallery")
-    parser.add_argument("--output-dir", type=Path, default=None, help="default: report/ beside the checkpoint")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda")
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
-    parser.add_argument("--seed", type=int, default=0, help="bootstrap seed")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    common.add_run_arguments(
+        parser, output_dir=None, output_help="default: report/ beside the checkpoint", seed_help="bootstrap seed"
+    )
     return parser
 
 

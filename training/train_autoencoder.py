@@ -54,11 +54,12 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument(
         "--outlier-percentile", type=float, default=99.0, help="validation error percentile used as outlier threshold"
     )
-    parser.add_argument("--output-dir", type=Path, default=Path("runs/autoencoder"), help="checkpoints and metrics")
-    parser.add_argument("--seed", type=int, default=0, help="seed for init, shuffling, augmentation and noise")
-    parser.add_argument("--device", default="auto", help="auto (cuda if available, else cpu), cpu, cuda")
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    common.add_run_arguments(
+        parser,
+        output_dir=Path("runs/autoencoder"),
+        output_help="checkpoints and metrics",
+        seed_help="seed for init, shuffling, augmentation and noise",
+    )
     return parser
 
 

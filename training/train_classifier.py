@@ -73,13 +73,14 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     )
     calib.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for AUROC CIs (0 = none)")
     run = parser.add_argument_group("run")
-    run.add_argument("--output-dir", type=Path, default=Path("runs/classifier"), help="checkpoints and metrics")
+    common.add_run_arguments(
+        run,
+        output_dir=Path("runs/classifier"),
+        output_help="checkpoints and metrics",
+        seed_help="seed for init, shuffling and augmentation",
+    )
     run.add_argument("--resume", type=Path, default=None, help="continue from a last.ckpt")
-    run.add_argument("--seed", type=int, default=0, help="seed for init, shuffling and augmentation")
-    run.add_argument("--device", default="auto", help="auto (cuda if available, else cpu), cpu, cuda, cuda:1")
-    run.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
     run.add_argument("--workers", type=int, default=0, help="DataLoader workers")
-    run.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser
 
 
