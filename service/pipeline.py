@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from models.film_checks import FilmStatistics, film_check_reasons, film_statistics
 from models.imaging import Radiograph, decode
 from models.labels import ABNORMAL
 from models.preprocessing import PreprocessSpec, preprocess
@@ -43,6 +44,7 @@ class Prepared:
     inputs: dict[str, np.ndarray]  # spec JSON -> (1, S, S)
     decode_ms: float
     preprocess_ms: float
+    film_stats: FilmStatistics | None = None  # the input sanity checks' statistics (full resolution)
 
 
 def _choose_model(
@@ -168,13 +170,14 @@ class Pipeline:
         start = time.perf_counter()
         film = decode(data, max_pixels=self.settings.max_pixels)
         decoded = time.perf_counter()
+        stats = film_statistics(film.pixels)  # before any resize: noise and blank films average away later
         inputs: dict[str, np.ndarray] = {}
         for role, spec in self.specs.items():
             key = self.spec_keys[role]
             if key not in inputs:
                 inputs[key] = preprocess(film, spec)
         done = time.perf_counter()
-        return Prepared(film, inputs, (decoded - start) * 1e3, (done - decoded) * 1e3)
+        return Prepared(film, inputs, (decoded - start) * 1e3, (done - decoded) * 1e3, stats)
 
     async def infer(self, prepared: Prepared) -> dict[str, dict[str, np.ndarray]]:
         """Submit the image to every model's batcher at once; all or nothing."""
@@ -267,14 +270,8 @@ class Pipeline:
             }
         else:
             abnormal = {**abnormal, "source": "abnormal_head"}
-        outlier = self._outlier(outputs)
+        outlier, reasons = self._outlier(prepared, outputs)
         meta = prepared.film.meta
-        reasons = []
-        if outlier["verdict"] == "outlier":
-            reasons.append(
-                f"the image is unlike the chest radiographs the models were trained on: reconstruction error "
-                f"{outlier['score']:.4g} is above the outlier threshold {outlier['threshold']:.4g}"
-            )
         if meta.modality and meta.modality.upper() not in RADIOGRAPH_MODALITIES:
             reasons.append(
                 f"DICOM Modality is {meta.modality}; the models were trained on projection radiographs (CR/DX)"
@@ -304,14 +301,42 @@ class Pipeline:
             "intended_use": INTENDED_USE,
         }
 
-    def _outlier(self, outputs: dict[str, dict[str, np.ndarray]]) -> dict:
-        if self.autoencoder is None:
-            return {"score": None, "threshold": None, "verdict": "not_checked"}
-        manifest = self.autoencoder.model.manifest
-        score = float(np.asarray(outputs["autoencoder"][manifest.outputs[0].name]).reshape(-1)[0])
-        threshold = manifest.outlier_threshold
-        verdict = "outlier" if threshold is not None and score > threshold else "in_distribution"
-        return {"score": round(score, 6), "threshold": threshold, "verdict": verdict}
+    def _outlier(self, prepared: Prepared, outputs: dict[str, dict[str, np.ndarray]]) -> tuple[dict, list[str]]:
+        """The gate: input sanity checks on the full-resolution film, then the autoencoder's reconstruction error.
+
+        Returns the outlier block (combined verdict, the reconstruction score and threshold, every component) and
+        one reason per component that tripped."""
+        failed = film_check_reasons(prepared.film_stats) if prepared.film_stats is not None else []
+        checks = {
+            "statistics": prepared.film_stats.to_dict() if prepared.film_stats is not None else None,
+            "failed": [code for code, _ in failed],
+            "verdict": "outlier" if failed else "in_distribution",
+        }
+        reasons = [reason for _, reason in failed]
+        reconstruction = {"score": None, "threshold": None, "verdict": "not_checked"}
+        if self.autoencoder is not None:
+            manifest = self.autoencoder.model.manifest
+            score = float(np.asarray(outputs["autoencoder"][manifest.outputs[0].name]).reshape(-1)[0])
+            threshold = manifest.outlier_threshold
+            tripped = threshold is not None and score > threshold
+            reconstruction = {
+                "score": round(score, 6),
+                "threshold": threshold,
+                "verdict": "outlier" if tripped else "in_distribution",
+            }
+            if tripped:
+                reasons.append(
+                    f"the image is unlike the chest radiographs the models were trained on: reconstruction error "
+                    f"{score:.4g} is above the outlier threshold {threshold:.4g}"
+                )
+        verdict = "outlier" if failed or reconstruction["verdict"] == "outlier" else reconstruction["verdict"]
+        outlier = {
+            "score": reconstruction["score"],
+            "threshold": reconstruction["threshold"],
+            "verdict": verdict,
+            "components": {"film_checks": checks, "reconstruction": reconstruction},
+        }
+        return outlier, reasons
 
     @staticmethod
     def _model_ref(session: ModelSession) -> dict:

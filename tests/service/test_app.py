@@ -158,8 +158,71 @@ def test_non_chest_dicoms_are_scored_but_flagged_unreliable_with_reasons(
     assert body["findings"], "outliers are still scored"
     assert body["reliability"]["status"] == "unreliable"
     reasons = " ".join(body["reliability"]["reasons"])
-    assert ("reconstruction error" in reasons) == (body["outlier"]["verdict"] == "outlier")
+    reconstruction = body["outlier"]["components"]["reconstruction"]
+    assert ("reconstruction error" in reasons) == (reconstruction["verdict"] == "outlier")
     assert ("Modality" in reasons) == modality_reason
+
+
+# ------------------------------------------------------------------------ the gate's input checks (no shared data)
+def _dicom(pixels: np.ndarray, **attrs) -> bytes:
+    """A DX Secondary Capture file written by pydicom (Modality DX, so no modality reason is added)."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage
+
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SOPClassUID = SecondaryCaptureImageStorage
+    ds.Modality = "DX"
+    ds.set_pixel_data(pixels, photometric_interpretation="MONOCHROME2", bits_stored=12)
+    for keyword, value in attrs.items():
+        setattr(ds, keyword, value)
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def _png16(pixels: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")  # uint16 -> a 16-bit grey PNG
+    return buffer.getvalue()
+
+
+_NOISE = np.random.default_rng(11)
+GATED_INPUTS = {
+    "flat 16-bit PNG": (_png16(np.full((512, 512), 30000, np.uint16)), "near_constant"),
+    "flat DICOM": (_dicom(np.full((256, 256), 1000, np.uint16)), "near_constant"),
+    "DICOM with Rescale Slope 0": (
+        _dicom(_NOISE.integers(0, 4096, (256, 256)).astype(np.uint16), RescaleSlope=0, RescaleIntercept=0),
+        "near_constant",
+    ),
+    "uniform noise 512 px PNG": (png_bytes(_NOISE.integers(0, 256, (512, 512)).astype(np.uint8)), "noise"),
+    "Gaussian noise 1024 px PNG": (
+        png_bytes(np.clip(_NOISE.normal(128, 40, (1024, 1024)), 0, 255).astype(np.uint8)),
+        "noise",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(GATED_INPUTS))
+def test_blank_and_noise_films_are_never_reliable(client: TestClient, name: str) -> None:
+    data, code = GATED_INPUTS[name]
+    response = client.post("/v1/predict", files={"file": ("upload", data, "application/octet-stream")})
+    body = response.json()
+    assert response.status_code == 200, body
+    assert body["outlier"]["verdict"] == "outlier"
+    checks = body["outlier"]["components"]["film_checks"]
+    assert checks["failed"][0] == code and checks["verdict"] == "outlier"
+    assert body["reliability"]["status"] == "unreliable"
+    assert any(word in body["reliability"]["reasons"][0] for word in ("nearly uniform", "noise"))
+
+
+def test_a_synthetic_chest_film_passes_the_input_checks(client: TestClient) -> None:
+    body = client.post("/v1/predict", content=phantom_png(5, size=512), headers={"content-type": "image/png"}).json()
+    checks = body["outlier"]["components"]["film_checks"]
+    assert checks["failed"] == [] and checks["verdict"] == "in_distribution"
+    assert 0.2 < checks["statistics"]["spread"] <= 1.0 and checks["statistics"]["fine_detail"] < 0.5
+    assert not any("uniform" in r or "noise" in r for r in body["reliability"]["reasons"])
 
 
 def test_heatmaps_true_adds_one_png_overlay_per_label(client: TestClient) -> None:
