@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from models.calibration import calibrate
 from models.film_checks import FilmStatistics, film_check_reasons, film_statistics
 from models.imaging import Radiograph, decode
 from models.labels import ABNORMAL
@@ -93,6 +94,7 @@ class Pipeline:
         manifest = classifier.model.manifest
         self.labels: list[str] = list(manifest.labels)
         self.thresholds = {label: float(manifest.thresholds.get(label, 0.5)) for label in self.labels}
+        self.calibration = manifest.calibration  # per-label Platt parameters; thresholds are on that scale
         self.cam_output: str | None = (manifest.cam or {}).get("output")
         self.specs = {"classifier": PreprocessSpec.from_dict(manifest.preprocess)}
         if autoencoder is not None:
@@ -247,7 +249,8 @@ class Pipeline:
         }
 
     def _postprocess(self, prepared: Prepared, outputs: dict[str, dict[str, np.ndarray]]) -> dict:
-        probabilities = outputs["classifier"]["probabilities"]  # (K,)
+        raw = outputs["classifier"]["probabilities"]  # (K,), as the graph computes them
+        probabilities = calibrate(raw, self.labels, self.calibration)
         rows = [
             {
                 "label": label,

@@ -1,11 +1,17 @@
-"""Operating points: per-label thresholds for classifiers, the outlier threshold for the autoencoder."""
+"""Operating points and calibration: per-label thresholds and Platt scaling for classifiers, the outlier threshold
+for the autoencoder."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
+from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_curve
+
+from models.calibration import METHOD as CALIBRATION_METHOD
+from models.calibration import logit
 
 
 def youden_threshold(labels: np.ndarray, scores: np.ndarray) -> float:
@@ -65,3 +71,24 @@ def _known(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarr
 def _finite(threshold: float) -> float:
     # roc_curve's first threshold is +inf (nothing predicted positive): clamp into the probability range
     return float(min(max(threshold, 0.0), 1.0)) if np.isfinite(threshold) else 1.0
+
+
+def platt_parameters(
+    label_names: Sequence[str], labels: np.ndarray, probabilities: np.ndarray, *, min_per_class: int = 3
+) -> dict[str, Any]:
+    """Per-label Platt scaling fitted on (N, K) validation labels (NaN = missing) and raw probabilities.
+
+    A label with fewer than `min_per_class` known positives or negatives, or whose fit would reverse the ranking
+    (scale <= 0), keeps its raw probabilities (no entry). Returns the `calibration` dict of checkpoints/manifests."""
+    fitted: dict[str, dict[str, float]] = {}
+    counts: dict[str, int] = {}
+    for k, name in enumerate(label_names):
+        y, p = _known(labels[:, k], probabilities[:, k])
+        counts[name] = int(y.size)
+        if min(int(y.sum()), int(y.size - y.sum())) < min_per_class:
+            continue
+        model = LogisticRegression(C=100.0, max_iter=1000).fit(logit(p)[:, None], y)
+        scale, bias = float(model.coef_[0, 0]), float(model.intercept_[0])
+        if scale > 0:
+            fitted[name] = {"scale": scale, "bias": bias}
+    return {"method": CALIBRATION_METHOD, "labels": fitted, "fitted_on": {"split": "val", "known_labels": counts}}

@@ -90,6 +90,7 @@ class LabelledImages:
         *,
         items: Sequence[Item] | None = None,
         notes: dict[str, Any] | None = None,
+        origins: Sequence[str] | np.ndarray | None = None,
     ) -> None:
         if sum(x is not None for x in (paths, arrays, items)) != 1:
             raise ValueError("expected exactly one of paths, arrays or items")
@@ -127,6 +128,8 @@ class LabelledImages:
         self.view_positions: np.ndarray | None = _string_column(view_positions, n, "view_positions")  # (N,) str
         self.source = source
         self.notes: dict[str, Any] = dict(notes or {})
+        # (N,) str: the source each image came from (merged sets mix them); metrics are reported per origin
+        self.origins: np.ndarray = _string_column(origins, n, "origins") if origins is not None else np.full(n, source)
 
     # -- views -----------------------------------------------------------------------------------------------
     @property
@@ -184,6 +187,7 @@ class LabelledImages:
             view_positions=None if self.view_positions is None else self.view_positions[idx],
             source=self.source,
             notes=self.notes,
+            origins=self.origins[idx],
         )
 
     def select_labels(self, names: Sequence[str]) -> LabelledImages:
@@ -204,6 +208,7 @@ class LabelledImages:
             view_positions=self.view_positions,
             source=self.source,
             notes=self.notes,
+            origins=self.origins,
         )
 
     def summary(self) -> dict[str, Any]:
@@ -581,6 +586,7 @@ def merge(datasets: Sequence[LabelledImages], label_names: Sequence[str] | None 
         view_positions=views,
         source="+".join(sources),
         notes={"parts": [data.summary() for data in datasets]},
+        origins=np.concatenate([data.origins for data in datasets]),
     )
 
 

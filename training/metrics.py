@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
@@ -21,6 +21,8 @@ class LabelMetrics:
     sensitivity: float | None = None
     specificity: float | None = None
     threshold: float | None = None
+    ece: float | None = None  # expected calibration error of the probabilities scored (10 equal-width bins)
+    pooled_over: list[str] | None = None  # set when several sources carry the label: no pooled AUROC, see per source
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -189,12 +191,66 @@ def mean_auroc(values: Iterable[float | None]) -> float | None:
 
 def format_metrics(metrics: Sequence[LabelMetrics]) -> str:
     """A fixed-width table for logs and notes."""
-    lines = [f"{'label':<20} {'AUROC':>6} {'95% CI':>15} {'pos':>5} {'neg':>5} {'thr':>6} {'sens':>5} {'spec':>5}"]
+    header = f"{'label':<20} {'AUROC':>6} {'95% CI':>15} {'pos':>5} {'neg':>5} {'thr':>6} {'sens':>5} {'spec':>5}"
+    lines = [header + f" {'ECE':>5}"]
     for m in metrics:
         auc = f"{m.auroc:.3f}" if m.auroc is not None else "  n/a"
         ci = f"[{m.ci_low:.3f}, {m.ci_high:.3f}]" if m.ci_low is not None else ""
         thr = f"{m.threshold:.3f}" if m.threshold is not None else ""
         sens = f"{m.sensitivity:.2f}" if m.sensitivity is not None else ""
         spec = f"{m.specificity:.2f}" if m.specificity is not None else ""
-        lines.append(f"{m.label:<20} {auc:>6} {ci:>15} {m.positives:>5} {m.negatives:>5} {thr:>6} {sens:>5} {spec:>5}")
+        ece = f"{m.ece:.3f}" if m.ece is not None else ""
+        row = f"{m.label:<20} {auc:>6} {ci:>15} {m.positives:>5} {m.negatives:>5} {thr:>6} {sens:>5} {spec:>5}"
+        lines.append(f"{row} {ece:>5}" + (f"  (per source: {', '.join(m.pooled_over)})" if m.pooled_over else ""))
     return "\n".join(lines)
+
+
+def carriers(labels: np.ndarray, origins: np.ndarray) -> list[list[str]]:
+    """Per label column of (N, K) labels, the origins (sources) with at least one known value, in first-seen order."""
+    order = list(dict.fromkeys(origins.tolist()))
+    return [[o for o in order if (~np.isnan(labels[origins == o, k])).any()] for k in range(labels.shape[1])]
+
+
+def per_source_metrics(
+    label_names: Sequence[str],
+    labels: np.ndarray,
+    probabilities: np.ndarray,
+    origins: np.ndarray,
+    thresholds: dict[str, float] | None = None,
+    *,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> tuple[list[LabelMetrics], dict[str, dict]]:
+    """Honest metrics of a split that may merge sources: (pooled table, {source: its own table}).
+
+    A pooled AUROC over sources rewards telling the sources apart (adult NIH films vs paediatric PneumoniaMNIST
+    films), so a label that several sources carry gets no pooled AUROC (`pooled_over` names them) and is reported per
+    source only. Each row also carries the ECE of the probabilities. With one source the per-source dict is empty."""
+    table = _with_ece(label_metrics(label_names, labels, probabilities, thresholds, n_boot=n_boot, seed=seed),
+                      labels, probabilities)  # fmt: skip
+    sources = list(dict.fromkeys(origins.tolist()))
+    if len(sources) < 2:
+        return table, {}
+    for k, carried_by in enumerate(carriers(labels, origins)):
+        if len(carried_by) > 1:
+            table[k] = replace(table[k], auroc=None, ci_low=None, ci_high=None, pooled_over=carried_by)
+    per_source = {}
+    for source in sources:
+        rows = origins == source
+        own = label_metrics(label_names, labels[rows], probabilities[rows], thresholds, n_boot=n_boot, seed=seed)
+        own = _with_ece(own, labels[rows], probabilities[rows])
+        carried = [m for m in own if m.positives + m.negatives > 0]
+        per_source[source] = {
+            "images": int(rows.sum()),
+            "mean_auroc": mean_auroc(m.auroc for m in carried),
+            "labels": [m.to_dict() for m in carried],
+        }
+    return table, per_source
+
+
+def _with_ece(table: list[LabelMetrics], labels: np.ndarray, probabilities: np.ndarray) -> list[LabelMetrics]:
+    result = []
+    for k, row in enumerate(table):
+        reliability = calibration(labels[:, k], probabilities[:, k])
+        result.append(replace(row, ece=reliability.ece if reliability is not None else None))
+    return result

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from models.calibration import calibrate as apply_calibration
 from models.classifier import BACKBONES, ClassifierConfig, XRayClassifier, load_encoder_weights
 from training import calibrate, checkpoints, common, metrics
 from training.augment import AugmentConfig, RandomRadiographAugment
@@ -244,32 +245,48 @@ def _run_epoch(trainer: Trainer, epoch: int, labels: tuple[str, ...], args) -> b
 
 
 def _finalise(out_dir, base_payload, state, splits, spec, labels, device, args) -> dict[str, Any]:
-    """Best weights -> thresholds on validation -> metrics on test -> model.ckpt + metrics.json."""
+    """Best weights -> Platt calibration and thresholds on validation -> metrics on test (per source, before and after
+    calibration) -> model.ckpt + metrics.json."""
     best = checkpoints.load_checkpoint(out_dir / "best.ckpt", kind="classifier")
     model = checkpoints.model_from_checkpoint(best).to(device)
     val_loader = common.loader(ImageTensorDataset(splits["val"], spec), 256, shuffle=False)
-    val_prob, val_y = _predict_probabilities(model, val_loader, device)
+    val_raw, val_y = _predict_probabilities(model, val_loader, device)
+    calibration = calibrate.platt_parameters(labels, val_y, val_raw)
+    val_prob = calibrated(val_raw, labels, calibration)
     thresholds = calibrate.label_thresholds(labels, val_y, val_prob, target_sensitivity=args.target_sensitivity)
     split_name = "test" if len(splits["test"]) else "val"
     if split_name == "test":
         test_set = ImageTensorDataset(splits["test"], spec, progress=not args.quiet)
-        prob, y = _predict_probabilities(model, common.loader(test_set, 256, shuffle=False), device)
+        raw, y = _predict_probabilities(model, common.loader(test_set, 256, shuffle=False), device)
     else:
-        prob, y = val_prob, val_y
-    table = metrics.label_metrics(labels, y, prob, thresholds, n_boot=args.bootstrap, seed=args.seed)
+        raw, y = val_raw, val_y
+    prob = calibrated(raw, labels, calibration)
+    origins = splits[split_name].origins
+    table, per_source = metrics.per_source_metrics(
+        labels, y, prob, origins, thresholds, n_boot=args.bootstrap, seed=args.seed
+    )
+    uncalibrated, _ = metrics.per_source_metrics(labels, y, raw, origins, n_boot=0)
     summary: dict[str, Any] = {
         "best_epoch": best["epoch"],
         "val_mean_auroc": state["best_score"],
         "split": split_name,
         "mean_auroc": metrics.mean_auroc(m.auroc for m in table),
         "labels": [m.to_dict() for m in table],
+        "per_source": per_source,
+        "ece_uncalibrated": {m.label: m.ece for m in uncalibrated},
     }
     print(f"{split_name} split, best epoch {best['epoch']}:\n{metrics.format_metrics(table)}")
-    print(f"mean AUROC {summary['mean_auroc']:.3f}")
+    for source, scores in per_source.items():
+        own = " ".join(f"{m['label']} {m['auroc']:.3f}" for m in scores["labels"] if m["auroc"] is not None)
+        print(f"  {source} ({scores['images']} images): {own}")
+    mean = summary["mean_auroc"]
+    print(f"mean AUROC {'n/a' if mean is None else f'{mean:.3f}'} (pooled over the labels one source carries)")
     final = {**base_payload, "model": best["model"], "epoch": best["epoch"], "history": state["history"]}
-    checkpoints.save_checkpoint(out_dir / "model.ckpt", {**final, "thresholds": thresholds, "metrics": summary})
+    final.update(thresholds=thresholds, calibration=calibration, metrics=summary)
+    checkpoints.save_checkpoint(out_dir / "model.ckpt", final)
     (out_dir / "metrics.json").write_text(
-        json.dumps({**summary, "thresholds": thresholds, "history": state["history"]}, indent=2)
+        json.dumps({**summary, "thresholds": thresholds, "calibration": calibration, "history": state["history"]},
+                   indent=2)  # fmt: skip
     )
     return {
         "checkpoint": out_dir / "model.ckpt",
@@ -278,6 +295,11 @@ def _finalise(out_dir, base_payload, state, splits, spec, labels, device, args) 
         "test_probabilities": prob,
         "test_labels": y,
     }
+
+
+def calibrated(raw: np.ndarray, labels, calibration: dict[str, Any]) -> np.ndarray:
+    """Platt-calibrated probabilities as float32 (the scale the thresholds and metrics use)."""
+    return apply_calibration(raw, labels, calibration).astype(np.float32)
 
 
 def _train_one_epoch(trainer: Trainer, epoch: int, args) -> float:

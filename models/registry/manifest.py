@@ -54,7 +54,8 @@ class Manifest(BaseModel):
     precision: Literal["fp32", "int8"] = "fp32"
     variant_of: ModelRef | None = None  # int8 variants: the fp32 model version they were quantised from
     labels: list[str] = Field(default_factory=list)  # classifier output order
-    thresholds: dict[str, float] = Field(default_factory=dict)  # per-label operating thresholds on probabilities
+    thresholds: dict[str, float] = Field(default_factory=dict)  # per-label thresholds on calibrated probabilities
+    calibration: dict[str, Any] = Field(default_factory=dict)  # models.calibration: per-label Platt parameters
     outlier_threshold: float | None = None  # autoencoder: error above this = outlier
     outlier: dict[str, Any] = Field(default_factory=dict)  # autoencoder: percentile, validation error quantiles
     preprocess: dict[str, Any]  # models.preprocessing.PreprocessSpec.to_dict()

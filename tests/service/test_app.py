@@ -11,6 +11,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from models.calibration import calibrate
 from models.imaging import decode
 from models.preprocessing import PreprocessSpec, preprocess
 from models.registry import Registry
@@ -102,7 +103,9 @@ def test_predict_multipart_png_matches_the_engine_directly(client: TestClient) -
     model = Registry(SHIPPED_REGISTRY).model_set("production").classifier_int8
     session = open_session(model, providers="cpu", intra_op_threads=1)
     x = preprocess(decode(data), PreprocessSpec.from_dict(model.manifest.preprocess))
-    expected = dict(zip(model.manifest.labels, session.run(x[None])["probabilities"][0], strict=True))
+    raw = session.run(x[None])["probabilities"][0]
+    labels = model.manifest.labels
+    expected = dict(zip(labels, calibrate(raw, labels, model.manifest.calibration), strict=True))
     rows = [body["abnormal"], *body["findings"]]
     assert {r["label"] for r in rows} == set(expected)
     for row in rows:

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from models.calibration import calibrate
 from training import metrics
 from training.export.data import ExportData
 from training.export.onnx_check import INPUT_NAME, ort_session, run_ort
@@ -123,7 +124,8 @@ def compare_classifier(
     per_fp32 = dict(zip(names, metrics.per_label_auroc(labels, fp32), strict=True))
     per_int8 = dict(zip(names, metrics.per_label_auroc(labels, int8), strict=True))
     mean_fp32, mean_int8 = metrics.mean_auroc(per_fp32.values()), metrics.mean_auroc(per_int8.values())
-    thresholds = checkpoint.get("thresholds") or {}
+    thresholds = checkpoint.get("thresholds") or {}  # on the calibrated scale
+    fp32, int8 = (calibrate(p, names, checkpoint.get("calibration")) for p in (fp32, int8))
     agreement = {
         name: float(np.mean((fp32[:, k] >= thresholds[name]) == (int8[:, k] >= thresholds[name])))
         for k, name in enumerate(names)

@@ -67,6 +67,7 @@ def _classifier_fields(checkpoint: dict[str, Any], fields: dict[str, Any], shape
     fields.update(
         labels=labels,
         thresholds={name: float(thresholds[name]) for name in labels},
+        calibration=checkpoint.get("calibration") or {},
         metrics=checkpoint.get("metrics") or {},
         cam={
             "output": "cam",
@@ -76,7 +77,9 @@ def _classifier_fields(checkpoint: dict[str, Any], fields: dict[str, Any], shape
             "note": "the spatial mean of cam[:, k] is label k's logit; upsample bilinearly for a heatmap",
         },
     )
-    fields["outputs"][0]["description"] = "per-label sigmoid probabilities, in the order of `labels`"
+    fields["outputs"][0]["description"] = (
+        "per-label sigmoid probabilities, in the order of `labels`, before the manifest's `calibration`"
+    )
     fields["outputs"][1]["description"] = "class activation maps in logit units, one per label"
 
 
