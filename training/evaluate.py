@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from models.calibration import calibrate
 from models.imaging import ImagingError, decode_file
 from models.preprocessing import PreprocessSpec, preprocess
 from training import checkpoints, common, metrics
@@ -133,10 +134,15 @@ def evaluate_classifier(checkpoint: dict, args, out: Path, device) -> dict[str, 
     split = evaluation_split(splits, args.split)
     x = preprocess_all(splits[split], spec, not args.quiet)
     y = splits[split].labels.astype(np.float64)
-    probabilities = _batched(lambda t: torch.sigmoid(model(t)), x, device).astype(np.float64)
-    table = metrics.label_metrics(labels, y, probabilities, thresholds, n_boot=args.bootstrap, seed=args.seed)
+    raw = _batched(lambda t: torch.sigmoid(model(t)), x, device).astype(np.float64)
+    probabilities = calibrate(raw, labels, checkpoint.get("calibration"))  # what the service shows
+    origins = splits[split].origins
+    table, per_source = metrics.per_source_metrics(
+        labels, y, probabilities, origins, thresholds, n_boot=args.bootstrap, seed=args.seed
+    )
     baseline, baseline_p = (None, None) if args.no_baseline else filter_bank_baseline(splits, spec, labels, x, y, args)
     rows, images = label_rows(labels, table, y, probabilities, baseline, baseline_p, out)
+    images.update(uncalibrated_reliability(labels, y, raw, rows, out))
     images.update(_training_curves(checkpoint.get("history") or [], out, "val_mean_auroc", "mean AUROC"))
     images["filters"], filter_shape = plot_first_layer_filters(model.encoder, out / "first_layer_filters.png")
     comparison = [{"model": f"CNN ({model.config.backbone})", "mean_auroc": metrics.mean_auroc(m.auroc for m in table)}]
@@ -146,6 +152,8 @@ def evaluate_classifier(checkpoint: dict, args, out: Path, device) -> dict[str, 
         "split": split,
         "labels": rows,
         "mean_auroc": metrics.mean_auroc(m.auroc for m in table),
+        "per_source": per_source,
+        "calibration": checkpoint.get("calibration") or {},
         "images_evaluated": int(len(x)),
         "baseline": baseline,
         "comparison": comparison,
@@ -215,6 +223,21 @@ def label_rows(
     if calibrations:
         images["reliability"] = plot_reliability(calibrations, out / "reliability.png")
     return rows, images
+
+
+def uncalibrated_reliability(
+    labels: list[str], y: np.ndarray, raw: np.ndarray, rows: list[dict[str, Any]], out: Path
+) -> dict[str, str]:
+    """ECE of the network's raw probabilities beside each row's calibrated ECE, and their reliability plot."""
+    tables = {}
+    for k, (label, row) in enumerate(zip(labels, rows, strict=True)):
+        table = metrics.calibration(y[:, k], raw[:, k])
+        row["ece_uncalibrated"] = table.ece if table is not None else None
+        if table is not None:
+            tables[label] = table
+    if not tables:
+        return {}
+    return {"reliability_uncalibrated": plot_reliability(tables, out / "reliability_uncalibrated.png")}
 
 
 # ------------------------------------------------------------------------------------------------ autoencoder

@@ -49,11 +49,31 @@ def render_html(report: dict[str, Any]) -> str:
     return "\n".join(part for part in parts if part)
 
 
+def _per_source_parts(per_source: dict[str, Any]) -> list[str]:
+    """One table per source when the split merges sources (labels several sources carry have no pooled AUROC)."""
+    if not per_source:
+        return []
+    parts = ["<h2>Per source</h2>"]
+    for source, scores in per_source.items():
+        parts.append(
+            f"<h3>{html.escape(source)} ({scores['images']} images, mean AUROC {format_value(scores['mean_auroc'])})"
+            "</h3><table><tr><th>label</th><th>AUROC</th><th>ECE</th><th>pos</th><th>neg</th></tr>"
+        )
+        parts += [
+            f"<tr><td>{html.escape(row['label'])}</td><td>{format_value(row['auroc'])}</td>"
+            f"<td>{format_value(row.get('ece'))}</td><td>{row['positives']}</td><td>{row['negatives']}</td></tr>"
+            for row in scores["labels"]
+        ]
+        parts.append("</table>")
+    return parts
+
+
 def _classifier_parts(report: dict[str, Any]) -> list[str]:
     plots = report["plots"]
     parts = [
         "<h2>Per label</h2><table><tr><th>label</th><th>AUROC</th><th>95% CI</th><th>AUPRC</th>"
-        "<th>threshold</th><th>sensitivity</th><th>specificity</th><th>ECE</th><th>pos</th><th>neg</th>"
+        "<th>threshold</th><th>sensitivity</th><th>specificity</th><th>ECE</th><th>ECE before calibration</th>"
+        "<th>pos</th><th>neg</th>"
         "<th>filter bank AUROC</th></tr>"
     ]
     for row in report["labels"]:
@@ -62,7 +82,8 @@ def _classifier_parts(report: dict[str, Any]) -> list[str]:
             f"<tr><td>{html.escape(row['label'])}</td><td>{format_value(row['auroc'])}</td><td>{ci}</td>"
             f"<td>{format_value(row.get('auprc'))}</td><td>{format_value(row.get('threshold'))}</td>"
             f"<td>{format_value(row.get('sensitivity'))}</td><td>{format_value(row.get('specificity'))}</td>"
-            f"<td>{format_value(row.get('ece'))}</td><td>{row['positives']}</td><td>{row['negatives']}</td>"
+            f"<td>{format_value(row.get('ece'))}</td><td>{format_value(row.get('ece_uncalibrated'))}</td>"
+            f"<td>{row['positives']}</td><td>{row['negatives']}</td>"
             f"<td>{format_value(row.get('baseline_auroc'))}</td></tr>"
         )
     parts.append(
@@ -74,7 +95,12 @@ def _classifier_parts(report: dict[str, Any]) -> list[str]:
     ]
     parts.append("</table><h2>ROC curves</h2>")
     parts += [_img(name, f"ROC {label}") for label, name in plots["roc"].items()]
-    parts.append("<h2>Calibration</h2>" + _img(plots.get("reliability"), "reliability diagram"))
+    parts.append(
+        "<h2>Calibration</h2>"
+        + _img(plots.get("reliability"), "reliability, calibrated (as served)")
+        + _img(plots.get("reliability_uncalibrated"), "reliability, the network's raw probabilities")
+    )
+    parts += _per_source_parts(report.get("per_source") or {})
     parts.append("<h2>Training</h2>" + _img(plots.get("training_curves"), "training curves"))
     parts.append("<h2>Learned first-layer filters</h2>" + _img(plots.get("filters"), "first-layer filters"))
     return parts
