@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import onnxruntime as ort
 import pytest
@@ -71,3 +73,17 @@ def test_shipped_outlier_gate_passes_held_out_chest_films() -> None:
     x = np.stack([preprocess(decode_file(path), spec) for path in paths])
     errors = _session(autoencoder.path).run(["error"], {"input": x})[0]
     assert np.mean(errors > autoencoder.manifest.outlier_threshold) <= 0.05
+
+
+ABSOLUTE_PATH = re.compile(r"(?<![\w.~/-])/(?:[^/\s:'\"]+/)+[^/\s:'\"]+")
+
+
+def test_shipped_manifests_name_no_machine_paths() -> None:
+    """Data sources by data set and file name, never the trainer's folders ("/home/...", "/work/...")."""
+    found = {
+        str(path.relative_to(PROJECT_ROOT)): ABSOLUTE_PATH.findall(path.read_text(encoding="utf-8"))
+        for path in sorted((PROJECT_ROOT / "registry").rglob("*"))
+        if path.suffix in (".json", ".pbtxt")
+    }
+    assert found, "registry/ ships no manifests"
+    assert {name: paths for name, paths in found.items() if paths} == {}

@@ -315,3 +315,20 @@ def test_xray_export_autoencoder_with_reconstruction_and_int8(phantom_autoencode
         assert variant is not None and variant.manifest.outlier_threshold == report["int8"]["outlier_threshold"]
     else:
         assert f"outlier{INT8_SUFFIX}" not in registry.list_models()
+
+
+def test_manifest_fields_carry_no_machine_paths() -> None:
+    from training.export.manifest import portable
+
+    fields = {
+        "sources": ["nih:/srv/data/nih1000/Data_Entry_subset.csv", "medmnist:/srv/data/pmnist/pneumoniamnist.npz"],
+        "per_source": {"folder:/home/me/films": {"note": "held out /home/me/films/test"}},
+        "media": "image/png",
+        "url": "https://example.org/a/b",
+    }
+    assert portable(fields) == {
+        "sources": ["nih:nih1000/Data_Entry_subset.csv", "medmnist:pmnist/pneumoniamnist.npz"],
+        "per_source": {"folder:me/films": {"note": "held out films/test"}},
+        "media": "image/png",
+        "url": "https://example.org/a/b",
+    }

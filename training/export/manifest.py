@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from models.classifier import ENCODER_STRIDE
@@ -129,7 +130,7 @@ def manifest_fields(
         _classifier_fields(checkpoint, fields, shapes)
     else:
         _autoencoder_fields(checkpoint, fields)
-    return fields
+    return portable(fields)
 
 
 def int8_manifest_fields(
@@ -158,4 +159,20 @@ def int8_manifest_fields(
         }
     if outlier_threshold is not None:
         int8_fields["outlier_threshold"] = outlier_threshold
-    return int8_fields
+    return portable(int8_fields)
+
+
+# an absolute POSIX path inside a string ("nih:/data/nih1000/Data_Entry.csv", "/home/me/runs/model.ckpt")
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.~/-])/(?:[^/\s:'\"]+/)*[^/\s:'\"]+")
+
+
+def portable(value: Any) -> Any:
+    """`value` with every absolute path shortened to its last two parts ("nih1000/Data_Entry_subset.csv"): a
+    manifest names data sets and files, never the folders of the machine that trained or exported the model."""
+    if isinstance(value, str):
+        return _ABSOLUTE_PATH.sub(lambda match: "/".join(match.group(0).split("/")[-2:]), value)
+    if isinstance(value, dict):
+        return {portable(key): portable(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [portable(item) for item in value]
+    return value
