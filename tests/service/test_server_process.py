@@ -23,6 +23,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from models.calibration import calibrate
 from models.imaging import decode
 from models.preprocessing import PreprocessSpec, preprocess
 from service.engine import open_session
@@ -88,7 +89,7 @@ def _images(count: int) -> list[bytes]:
 
 
 def _expected_probabilities(server: Server, images: list[bytes]) -> list[dict[str, float]]:
-    """Each image scored alone, in this process, by the model the server says it serves."""
+    """Each image scored alone, in this process, by the model the server says it serves (calibrated as served)."""
     from models.registry import Registry
 
     served = httpx.get(f"{server.url}/v1/models", headers={"x-api-key": server.admin_key}).json()
@@ -99,7 +100,8 @@ def _expected_probabilities(server: Server, images: list[bytes]) -> list[dict[st
     spec = PreprocessSpec.from_dict(model.manifest.preprocess)
     expected = []
     for data in images:
-        probabilities = session.run(preprocess(decode(data), spec)[None])["probabilities"][0]
+        raw = session.run(preprocess(decode(data), spec)[None])["probabilities"][0]
+        probabilities = calibrate(raw, model.manifest.labels, model.manifest.calibration)
         expected.append(dict(zip(model.manifest.labels, probabilities.tolist(), strict=True)))
     return expected
 
