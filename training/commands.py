@@ -1,4 +1,4 @@
-"""The trainer's `xray` commands: `train classifier|autoencoder|add-label`, `eval`, `export`.
+"""The trainer's `xray` commands: `train classifier|autoencoder|add-label`, `eval`, `export`, `calibrate`.
 
 Each hands its arguments to a script's own argparse parser (`get_args_parser()` + `main(args)`, as torchvision's
 references do), so `xray train classifier --help` lists every flag with its default. Importing this module is
@@ -91,8 +91,22 @@ def export(ctx: typer.Context) -> None:
         fail(error)
 
 
+def calibrate(ctx: typer.Context) -> None:
+    """Refit a registered model's calibration and thresholds (or outlier threshold) on a site's own films, as a new
+    version with the same ONNX file. `xray calibrate --help` lists every flag."""
+    from models.registry import RegistryError
+
+    with training_extra():
+        from training import site_calibration as script
+    try:
+        run_script(script, ctx.args)
+    except (RegistryError, ValueError, FileNotFoundError) as error:
+        fail(error)
+
+
 def register(app: typer.Typer) -> None:
     """Add the trainer's commands to the `xray` command."""
     app.add_typer(train_app, name="train")
     app.command("eval", **PASSTHROUGH)(evaluate)
     app.command("export", **PASSTHROUGH)(export)
+    app.command("calibrate", **PASSTHROUGH)(calibrate)
