@@ -19,6 +19,7 @@ from models.calibration import calibrate
 from models.film_checks import FilmStatistics, film_check_reasons, film_statistics
 from models.imaging import Radiograph, decode
 from models.labels import ABNORMAL
+from models.outlier_gate import FEATURE_OUTPUT, combined_threshold, component_scores
 from models.preprocessing import PreprocessSpec, preprocess
 from models.registry import INTENDED_USE, ModelSet, ResolvedModel
 from service import heatmaps
@@ -305,10 +306,9 @@ class Pipeline:
         }
 
     def _outlier(self, prepared: Prepared, outputs: dict[str, dict[str, np.ndarray]]) -> tuple[dict, list[str]]:
-        """The gate: input sanity checks on the full-resolution film, then the autoencoder's reconstruction error.
-
-        Returns the outlier block (combined verdict, the reconstruction score and threshold, every component) and
-        one reason per component that tripped."""
+        """The gate: input sanity checks on the full-resolution film, then the autoencoder's reconstruction error and
+        code distance (models.outlier_gate). Returns the outlier block (verdict, the reconstruction score and threshold
+        as before, every component) and one reason per component kind that tripped."""
         failed = film_check_reasons(prepared.film_stats) if prepared.film_stats is not None else []
         checks = {
             "statistics": prepared.film_stats.to_dict() if prepared.film_stats is not None else None,
@@ -316,30 +316,58 @@ class Pipeline:
             "verdict": "outlier" if failed else "in_distribution",
         }
         reasons = [reason for _, reason in failed]
-        reconstruction = {"score": None, "threshold": None, "verdict": "not_checked"}
+        components = {"film_checks": checks}
+        verdict = "outlier" if failed else "not_checked"
+        score = threshold = None
         if self.autoencoder is not None:
-            manifest = self.autoencoder.model.manifest
-            score = float(np.asarray(outputs["autoencoder"][manifest.outputs[0].name]).reshape(-1)[0])
-            threshold = manifest.outlier_threshold
-            tripped = threshold is not None and score > threshold
-            reconstruction = {
-                "score": round(score, 6),
-                "threshold": threshold,
-                "verdict": "outlier" if tripped else "in_distribution",
-            }
-            if tripped:
-                reasons.append(
-                    f"the image is unlike the chest radiographs the models were trained on: reconstruction error "
-                    f"{score:.4g} is above the outlier threshold {threshold:.4g}"
-                )
-        verdict = "outlier" if failed or reconstruction["verdict"] == "outlier" else reconstruction["verdict"]
-        outlier = {
-            "score": reconstruction["score"],
-            "threshold": reconstruction["threshold"],
-            "verdict": verdict,
-            "components": {"film_checks": checks, "reconstruction": reconstruction},
-        }
+            components.update(self._network_components(outputs["autoencoder"], reasons))
+            network = components["combined"]
+            score, threshold = components["reconstruction"]["score"], components["reconstruction"]["threshold"]
+            verdict = "outlier" if failed or network["verdict"] == "outlier" else "in_distribution"
+        outlier = {"score": score, "threshold": threshold, "verdict": verdict, "components": components}
         return outlier, reasons
+
+    def _network_components(self, outputs: dict[str, np.ndarray], reasons: list[str]) -> dict[str, dict]:
+        """Reconstruction error and code distance (each over its own threshold), and their combined verdict."""
+        manifest = self.autoencoder.model.manifest
+        gate = {**manifest.outlier, "threshold": manifest.outlier_threshold}
+        error = float(np.asarray(outputs[manifest.outputs[0].name]).reshape(-1)[0])
+        codes = outputs.get(FEATURE_OUTPUT) if "feature" in gate else None
+        scores = component_scores(np.array([error]), None if codes is None else np.asarray(codes).reshape(1, -1), gate)
+        limit = combined_threshold(gate)
+        components: dict[str, dict] = {
+            "reconstruction": {
+                "score": round(error, 6),
+                "threshold": manifest.outlier_threshold,
+                "relative": round(float(scores["reconstruction"][0]), 4),
+            }
+        }
+        if "feature" in scores:
+            components["feature"] = {
+                "score": round(float(scores["feature"][0]) * float(gate["feature"]["threshold"]), 4),
+                "threshold": gate["feature"]["threshold"],
+                "relative": round(float(scores["feature"][0]), 4),
+            }
+        tripped = [name for name, part in components.items() if part["relative"] > limit]
+        for name, part in components.items():
+            part["verdict"] = "outlier" if name in tripped else "in_distribution"
+        if tripped:
+            what = {"reconstruction": "reconstruction error", "feature": "distance of its features"}
+            reasons.append(
+                "the image is unlike the chest radiographs the models were trained on: "
+                + "; ".join(
+                    f"{what[name]} {components[name]['score']:.4g} is {components[name]['relative']:.2f}x its "
+                    f"threshold {components[name]['threshold']:.4g} (gate at {limit:.2f}x)"
+                    for name in tripped
+                )
+            )
+        combined = float(scores["combined"][0])
+        components["combined"] = {
+            "score": round(combined, 4),
+            "threshold": limit,
+            "verdict": "outlier" if combined > limit else "in_distribution",
+        }
+        return components
 
     @staticmethod
     def _model_ref(session: ModelSession) -> dict:

@@ -12,6 +12,7 @@ from sklearn.metrics import roc_curve
 
 from models.calibration import METHOD as CALIBRATION_METHOD
 from models.calibration import logit
+from models.outlier_gate import FEATURE_OUTPUT, component_scores, mahalanobis
 
 
 def youden_threshold(labels: np.ndarray, scores: np.ndarray) -> float:
@@ -92,3 +93,43 @@ def platt_parameters(
         if scale > 0:
             fitted[name] = {"scale": scale, "bias": bias}
     return {"method": CALIBRATION_METHOD, "labels": fitted, "fitted_on": {"split": "val", "known_labels": counts}}
+
+
+def feature_gate(
+    train_codes: np.ndarray,
+    val_codes: np.ndarray,
+    val_errors: np.ndarray,
+    error_threshold: float,
+    *,
+    percentile: float = 99.0,
+    gate_percentile: float = 98.0,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The gate's feature-space component and combined threshold: ("feature", "combined") entries of `outlier`.
+
+    Mean and Ledoit-Wolf shrunk covariance of the training films' codes (stable with a few hundred films and a
+    64-d code); the distance threshold is `percentile` of the validation films' distances; the combined threshold
+    is `gate_percentile` of their combined scores (so about 100 - gate_percentile % of chest films are gated)."""
+    from sklearn.covariance import LedoitWolf
+
+    fitted = LedoitWolf().fit(np.asarray(train_codes, dtype=np.float64))
+    mean = np.asarray(train_codes, dtype=np.float64).mean(axis=0)
+    distances = mahalanobis(val_codes, mean, fitted.precision_)
+    feature = {
+        "kind": "mahalanobis",
+        "output": FEATURE_OUTPUT,
+        "mean": mean.tolist(),
+        "precision": fitted.precision_.tolist(),
+        "shrinkage": float(fitted.shrinkage_),
+        "threshold": outlier_threshold(distances, percentile),
+        "percentile": percentile,
+        "train_images": int(len(train_codes)),
+    }
+    scores = component_scores(val_errors, val_codes, {"threshold": error_threshold, "feature": feature})["combined"]
+    threshold = outlier_threshold(scores, gate_percentile)
+    combined = {
+        "rule": "max(error / threshold, distance / feature.threshold)",
+        "threshold": threshold,
+        "percentile": gate_percentile,
+        "val_false_positive_rate": float(np.mean(scores > threshold)),
+    }
+    return feature, combined

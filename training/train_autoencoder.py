@@ -54,6 +54,12 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument(
         "--outlier-percentile", type=float, default=99.0, help="validation error percentile used as outlier threshold"
     )
+    parser.add_argument(
+        "--gate-percentile",
+        type=float,
+        default=98.0,
+        help="validation percentile of the combined gate score (error and code distance) above which films are gated",
+    )
     common.add_run_arguments(
         parser,
         output_dir=Path("runs/autoencoder"),
@@ -84,7 +90,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     history, best_weights = train_epochs(model, augment, train_loader, val_loader, args, device)
 
     model.load_state_dict(best_weights)
-    outlier = outlier_summary(model, val_loader, args.outlier_percentile, device)
+    train_codes = common.loader(train_set, 256, shuffle=False)  # un-augmented, in order
+    outlier = outlier_summary(model, train_codes, val_loader, args, device)
     payload = {
         "kind": "autoencoder",
         "args": checkpoints.jsonable_args(args),
@@ -100,7 +107,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     (out_dir / "metrics.json").write_text(json.dumps({"outlier": outlier, "history": history}, indent=2))
     print(
         f"outlier threshold {outlier['threshold']:.4f} (p{args.outlier_percentile:g} of {outlier['val_images']} "
-        "validation errors)"
+        f"validation errors); combined gate threshold {outlier['combined']['threshold']:.3f} "
+        f"(p{args.gate_percentile:g} of the validation films' combined scores)"
     )
     return {"checkpoint": out_dir / "model.ckpt", "outlier": outlier, "model": model.cpu().eval(), "spec": spec}
 
@@ -171,15 +179,26 @@ def train_epochs(
 
 
 def outlier_summary(
-    model: ConvAutoencoder, val_loader: DataLoader, percentile: float, device: torch.device
+    model: ConvAutoencoder, train_loader: DataLoader, val_loader: DataLoader, args: argparse.Namespace, device
 ) -> dict[str, Any]:
-    """The outlier threshold (`percentile` of the validation errors) and the validation error distribution."""
+    """The gate's parameters: the error threshold (`--outlier-percentile` of the validation errors) and error
+    distribution, the feature-space distance of the codes, and the combined threshold (`--gate-percentile`)."""
+    model.eval()
     val_errors = reconstruction_errors(model, val_loader, device)
+    threshold = calibrate.outlier_threshold(val_errors, args.outlier_percentile)
+    train_codes, _ = common.predict(model.encode, train_loader, device)
+    val_codes, _ = common.predict(model.encode, val_loader, device)
+    feature, combined = calibrate.feature_gate(
+        train_codes, val_codes, val_errors, threshold, percentile=args.outlier_percentile,
+        gate_percentile=args.gate_percentile,
+    )  # fmt: skip
     return {
-        "threshold": calibrate.outlier_threshold(val_errors, percentile),
-        "percentile": percentile,
+        "threshold": threshold,
+        "percentile": args.outlier_percentile,
         "val_error_quantiles": {str(q): float(np.percentile(val_errors, q)) for q in (1, 5, 25, 50, 75, 95, 99)},
         "val_images": int(val_errors.size),
+        "feature": feature,
+        "combined": combined,
     }
 
 

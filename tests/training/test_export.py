@@ -298,13 +298,16 @@ def test_xray_export_autoencoder_with_reconstruction_and_int8(phantom_autoencode
     manifest = model.manifest
     checkpoint = load_checkpoint(phantom_autoencoder, "autoencoder")
     assert manifest.kind == "autoencoder" and manifest.outlier_threshold == checkpoint["outlier"]["threshold"]
-    assert [(o.name, o.shape) for o in manifest.outputs] == [("error", ["N"]), ("reconstruction", ["N", 1, 32, 32])]
+    outputs = [(o.name, o.shape) for o in manifest.outputs]
+    bottleneck = checkpoint["config"]["bottleneck"]
+    assert outputs == [("error", ["N"]), ("code", ["N", bottleneck]), ("reconstruction", ["N", 1, 32, 32])]
+    assert {"feature", "combined"} <= set(manifest.outlier) and len(manifest.outlier["feature"]["mean"]) == bottleneck
     config = (root / "outlier" / "config.pbtxt").read_text()
     assert "dims: [ 1 ]" in config and "reshape: { shape: [ ] }" in config
 
     x = np.stack([preprocess(make_phantom(np.random.default_rng(i), 32).pixels, PreprocessSpec(size=32))
                   for i in range(4)])  # fmt: skip
-    error, reconstruction = ort.InferenceSession(str(model.path), providers=["CPUExecutionProvider"]).run(
+    error, _code, reconstruction = ort.InferenceSession(str(model.path), providers=["CPUExecutionProvider"]).run(
         None, {"input": x}
     )
     assert error.shape == (4,) and reconstruction.shape == (4, 1, 32, 32)

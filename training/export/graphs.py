@@ -25,25 +25,27 @@ class ClassifierGraph(nn.Module):
 
 
 class AutoencoderGraph(nn.Module):
-    """What the autoencoder ONNX graph computes: error (B,) [, reconstruction (B, 1, S, S)]."""
+    """What the autoencoder ONNX graph computes: error (B,), code (B, k) (the bottleneck, for the gate's feature-space
+    distance) [, reconstruction (B, 1, S, S)]."""
 
     def __init__(self, model: ConvAutoencoder, reconstruction: bool = False) -> None:
         super().__init__()
         self.model = model.eval()
         self.reconstruction = reconstruction
 
-    def forward(self, x: Tensor) -> Tensor | tuple[Tensor, Tensor]:
-        rec = self.model(x)  # (B, 1, S, S)
+    def forward(self, x: Tensor) -> tuple[Tensor, ...]:
+        code = self.model.encode(x)  # (B, k)
+        rec = self.model.decode(code)  # (B, 1, S, S)
         diff = rec - x
         error = (diff * diff).flatten(1).mean(dim=1)  # (B,) == ConvAutoencoder.reconstruction_error
-        return (error, rec) if self.reconstruction else error
+        return (error, code, rec) if self.reconstruction else (error, code)
 
 
 def output_names(kind: str, reconstruction: bool = False) -> list[str]:
     """The graph's output names, in order, for a checkpoint kind."""
     if kind == "classifier":
         return ["probabilities", "cam"]
-    return ["error", "reconstruction"] if reconstruction else ["error"]
+    return ["error", "code", "reconstruction"] if reconstruction else ["error", "code"]
 
 
 def build_graph(checkpoint: dict[str, Any], reconstruction: bool = False) -> nn.Module:

@@ -91,9 +91,13 @@ def _autoencoder_fields(checkpoint: dict[str, Any], fields: dict[str, Any]) -> N
     fields.update(
         outlier_threshold=float(outlier["threshold"]),
         outlier=outlier,
-        metrics={"outlier": outlier, "final_val_error": (checkpoint.get("history") or [{}])[-1].get("val_error")},
+        metrics={
+            "outlier": {key: value for key, value in outlier.items() if key != "feature"},
+            "final_val_error": (checkpoint.get("history") or [{}])[-1].get("val_error"),
+        },
     )
     fields["outputs"][0]["description"] = "mean squared reconstruction error per image (outlier score)"
+    fields["outputs"][1]["description"] = "bottleneck code per image (the gate's feature-space distance uses it)"
 
 
 def manifest_fields(
