@@ -25,6 +25,7 @@ import torch
 
 from models.calibration import calibrate
 from models.imaging import ImagingError, decode_file
+from models.outlier_gate import combined_threshold, component_scores
 from models.preprocessing import PreprocessSpec, preprocess
 from training import checkpoints, common, metrics
 from training.datasets import LabelledImages, preprocess_all
@@ -265,6 +266,7 @@ def evaluate_autoencoder(checkpoint: dict, args, out: Path, device) -> dict[str,
     }
     if len(outlier_x):
         score_outliers(result, errors, outlier_errors, threshold, args, out)
+        result["gate"] = gate_components(model, checkpoint.get("outlier") or {}, x, outlier_x, device)
     result["plots"]["error_histogram"] = plot_error_histogram(
         errors, outlier_errors, threshold, out / "error_histogram.png"
     )
@@ -294,6 +296,24 @@ def score_outliers(
     result["plots"]["outlier_roc"] = plot_roc(
         "chest vs non-chest", {"reconstruction error": (fpr, tpr, result["outlier_auroc"])}, out / "outlier_roc.png"
     )
+
+
+def gate_components(model, outlier: dict[str, Any], x: np.ndarray, outlier_x: np.ndarray, device) -> dict[str, Any]:
+    """The gate's AUROC (chest vs --outliers) per component and combined, and the share gated on each side at the
+    combined threshold: what the service decides from the same manifest parameters (models.outlier_gate)."""
+    if "threshold" not in outlier:
+        return {}
+    both = np.concatenate([x, outlier_x])
+    scores = component_scores(_batched(model.reconstruction_error, both, device), _batched(model.encode, both, device),
+                              outlier)  # fmt: skip
+    truth = np.concatenate([np.zeros(len(x)), np.ones(len(outlier_x))])
+    gated = scores["combined"] > combined_threshold(outlier)
+    return {
+        "auroc": {name: metrics.auroc(truth, values) for name, values in scores.items()},
+        "threshold": combined_threshold(outlier),
+        "chest_gated_fraction": float(gated[: len(x)].mean()),
+        "outliers_gated_fraction": float(gated[len(x) :].mean()),
+    }
 
 
 def reconstruction_gallery(

@@ -117,6 +117,12 @@ def _autoencoder_parts(report: dict[str, Any]) -> list[str]:
         "outliers_flagged_fraction",
     ):
         parts.append(f"<tr><td>{key.replace('_', ' ')}</td><td>{format_value(report.get(key))}</td></tr>")
+    gate = report.get("gate") or {}
+    for name, value in (gate.get("auroc") or {}).items():
+        parts.append(f"<tr><td>gate AUROC, {html.escape(name)}</td><td>{format_value(value)}</td></tr>")
+    for key in ("chest_gated_fraction", "outliers_gated_fraction"):
+        if key in gate:
+            parts.append(f"<tr><td>{key.replace('_', ' ')} (combined gate)</td><td>{format_value(gate[key])}</td></tr>")
     parts.append("</table>")
     if report.get("outlier_images_skipped"):
         parts.append(f"<p>not readable: {html.escape(', '.join(report['outlier_images_skipped']))}</p>")
