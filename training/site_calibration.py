@@ -4,8 +4,8 @@
 
 The site's own films are split by patient into a fitting half and a checking half (`--fit-fraction`). On the
 fitting half the classifier's per-label Platt parameters and thresholds (Youden's J, or `--target-sensitivity`) are
-refitted; for an autoencoder (labels not needed) the outlier threshold is set at `--outlier-percentile` of its
-errors. Labels the site's data does not carry keep their previous calibration and threshold. The result is a new
+refitted; for an autoencoder (labels not needed) the gate's error and code-distance thresholds are set at
+`--outlier-percentile` of the site's films and the combined threshold at the gate's own percentile. Labels the site's data does not carry keep their previous calibration and threshold. The result is a new
 version of the model with the SAME ONNX file (and of its int8 variant, if any), whose manifest records what it was
 recalibrated on and the checking half's AUROC and ECE before and after; `--promote` points an alias at it.
 Inference runs through ONNX Runtime, exactly the graph the service serves.
@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from models.calibration import calibrate
+from models.outlier_gate import component_scores, mahalanobis
 from models.preprocessing import PreprocessSpec
 from models.registry import INT8_SUFFIX, Manifest, Registry, ResolvedModel, check_name
 from models.settings import default_registry_dir
@@ -123,10 +124,22 @@ def _before_after(labels, y, raw, manifest: Manifest, calibration, thresholds) -
 def recalibrate_autoencoder(
     manifest: Manifest, session, fit: LabelledImages, args, spec: PreprocessSpec
 ) -> tuple[dict, dict]:
-    errors = run_ort(session, preprocess_all(fit, spec, not args.quiet))[0]
+    """(manifest updates, report): the error threshold at `--outlier-percentile` of the site's films; with a feature
+    component, its distance threshold likewise, and the combined threshold at the gate's own percentile of them."""
+    outputs = run_ort(session, preprocess_all(fit, spec, not args.quiet))
+    errors = outputs[0]
     threshold = fitting.outlier_threshold(errors, args.outlier_percentile)
     outlier = {**manifest.outlier, "threshold": threshold, "percentile": args.outlier_percentile}
     report = {"fit_images": len(fit), "previous_threshold": manifest.outlier_threshold, "threshold": threshold}
+    if "feature" in outlier and len(outputs) > 1:
+        feature, combined = dict(outlier["feature"]), dict(outlier.get("combined") or {})
+        distances = mahalanobis(outputs[1], np.asarray(feature["mean"]), np.asarray(feature["precision"]))
+        feature.update(threshold=fitting.outlier_threshold(distances, args.outlier_percentile))
+        scores = component_scores(errors, outputs[1], {"threshold": threshold, "feature": feature})["combined"]
+        percentile = float(combined.get("percentile", 98.0))
+        combined.update(threshold=fitting.outlier_threshold(scores, percentile), percentile=percentile)
+        outlier.update(feature=feature, combined=combined)
+        report.update(feature_threshold=feature["threshold"], combined_threshold=combined["threshold"])
     return {"outlier_threshold": threshold, "outlier": outlier}, report
 
 

@@ -57,6 +57,8 @@ def test_autoencoder_threshold_refitted_at_the_stated_percentile(tmp_path) -> No
     new = result["manifest"]
     assert new.onnx_sha256 == before.manifest.onnx_sha256 and new.outlier["percentile"] == 95.0
     assert new.outlier_threshold == result["report"]["threshold"] != before.manifest.outlier_threshold
+    assert new.outlier["combined"]["threshold"] == result["report"]["combined_threshold"]
+    assert new.outlier["feature"]["threshold"] != before.manifest.outlier["feature"]["threshold"]
     assert registry.aliases("chest-outlier-ae")["production"] == before.version  # not promoted unless asked
     int8 = registry.int8_variant(registry.get("chest-outlier-ae", new.version))
     assert int8 is not None and int8.manifest.outlier_threshold == result["report"]["int8_threshold"]
