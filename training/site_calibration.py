@@ -5,9 +5,10 @@
 The site's own films are split by patient into a fitting half and a checking half (`--fit-fraction`). On the
 fitting half the classifier's per-label Platt parameters and thresholds (Youden's J, or `--target-sensitivity`) are
 refitted; for an autoencoder (labels not needed) the gate's error and code-distance thresholds are set at
-`--outlier-percentile` of the site's films and the combined threshold at the gate's own percentile. Labels the site's data does not carry keep their previous calibration and threshold. The result is a new
-version of the model with the SAME ONNX file (and of its int8 variant, if any), whose manifest records what it was
-recalibrated on and the checking half's AUROC and ECE before and after; `--promote` points an alias at it.
+`--outlier-percentile` of the site's films and the combined threshold at the gate's own percentile. Labels the
+site's data does not carry keep their previous calibration and threshold. The result is a new version of the model
+with the SAME ONNX file (and of its int8 variant, if any), whose manifest records what it was recalibrated on and
+the checking half's AUROC and ECE before and after; `--promote` points an alias at it.
 Inference runs through ONNX Runtime, exactly the graph the service serves.
 """
 
