@@ -320,54 +320,51 @@ class Pipeline:
         verdict = "outlier" if failed else "not_checked"
         score = threshold = None
         if self.autoencoder is not None:
-            components.update(self._network_components(outputs["autoencoder"], reasons))
+            network_components, network_reasons = self._network_components(outputs["autoencoder"])
+            components.update(network_components)
+            reasons += network_reasons
             network = components["combined"]
             score, threshold = components["reconstruction"]["score"], components["reconstruction"]["threshold"]
             verdict = "outlier" if failed or network["verdict"] == "outlier" else "in_distribution"
         outlier = {"score": score, "threshold": threshold, "verdict": verdict, "components": components}
         return outlier, reasons
 
-    def _network_components(self, outputs: dict[str, np.ndarray], reasons: list[str]) -> dict[str, dict]:
-        """Reconstruction error and code distance (each over its own threshold), and their combined verdict."""
+    def _network_components(self, outputs: dict[str, np.ndarray]) -> tuple[dict[str, dict], list[str]]:
+        """Reconstruction error and code distance, each over its own threshold, and their combined verdict; and the
+        reason naming the components that tripped (none when the combined score is within its threshold)."""
         manifest = self.autoencoder.model.manifest
         gate = {**manifest.outlier, "threshold": manifest.outlier_threshold}
         error = float(np.asarray(outputs[manifest.outputs[0].name]).reshape(-1)[0])
         codes = outputs.get(FEATURE_OUTPUT) if "feature" in gate else None
         scores = component_scores(np.array([error]), None if codes is None else np.asarray(codes).reshape(1, -1), gate)
+        relative = {name: float(values[0]) for name, values in scores.items()}  # component / its own threshold
         limit = combined_threshold(gate)
-        components: dict[str, dict] = {
-            "reconstruction": {
-                "score": round(error, 6),
-                "threshold": manifest.outlier_threshold,
-                "relative": round(float(scores["reconstruction"][0]), 4),
+        thresholds = {"reconstruction": float(manifest.outlier_threshold)}
+        if "feature" in relative:
+            thresholds["feature"] = float(gate["feature"]["threshold"])
+        components = {
+            name: {
+                "score": round(relative[name] * threshold, 6),
+                "threshold": threshold,
+                "relative": round(relative[name], 4),
+                "verdict": "outlier" if relative[name] > limit else "in_distribution",
             }
+            for name, threshold in thresholds.items()
         }
-        if "feature" in scores:
-            components["feature"] = {
-                "score": round(float(scores["feature"][0]) * float(gate["feature"]["threshold"]), 4),
-                "threshold": gate["feature"]["threshold"],
-                "relative": round(float(scores["feature"][0]), 4),
-            }
-        tripped = [name for name, part in components.items() if part["relative"] > limit]
-        for name, part in components.items():
-            part["verdict"] = "outlier" if name in tripped else "in_distribution"
-        if tripped:
-            what = {"reconstruction": "reconstruction error", "feature": "distance of its features"}
-            reasons.append(
-                "the image is unlike the chest radiographs the models were trained on: "
-                + "; ".join(
-                    f"{what[name]} {components[name]['score']:.4g} is {components[name]['relative']:.2f}x its "
-                    f"threshold {components[name]['threshold']:.4g} (gate at {limit:.2f}x)"
-                    for name in tripped
-                )
-            )
-        combined = float(scores["combined"][0])
         components["combined"] = {
-            "score": round(combined, 4),
+            "score": round(relative["combined"], 4),
             "threshold": limit,
-            "verdict": "outlier" if combined > limit else "in_distribution",
+            "verdict": "outlier" if relative["combined"] > limit else "in_distribution",
         }
-        return components
+        what = {"reconstruction": "reconstruction error", "feature": "distance of its features"}
+        tripped = [
+            f"{what[name]} {part['score']:.4g} is {part['relative']:.2f}x its threshold {part['threshold']:.4g} "
+            f"(gate at {limit:.2f}x)"
+            for name, part in components.items()
+            if name in what and part["verdict"] == "outlier"
+        ]
+        unlike = "the image is unlike the chest radiographs the models were trained on: "
+        return components, [unlike + "; ".join(tripped)] if tripped else []
 
     @staticmethod
     def _model_ref(session: ModelSession) -> dict:

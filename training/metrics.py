@@ -248,9 +248,12 @@ def per_source_metrics(
     return table, per_source
 
 
+def ece_per_label(label_names: Sequence[str], labels: np.ndarray, probabilities: np.ndarray) -> dict[str, float | None]:
+    """Expected calibration error of each label's probabilities (None where no label is known)."""
+    tables = (calibration(labels[:, k], probabilities[:, k]) for k in range(len(label_names)))
+    return {name: None if table is None else table.ece for name, table in zip(label_names, tables, strict=True)}
+
+
 def _with_ece(table: list[LabelMetrics], labels: np.ndarray, probabilities: np.ndarray) -> list[LabelMetrics]:
-    result = []
-    for k, row in enumerate(table):
-        reliability = calibration(labels[:, k], probabilities[:, k])
-        result.append(replace(row, ece=reliability.ece if reliability is not None else None))
-    return result
+    eces = ece_per_label([row.label for row in table], labels, probabilities)
+    return [replace(row, ece=eces[row.label]) for row in table]

@@ -76,12 +76,12 @@ def site_halves(specs: list[str], fit_fraction: float, seed: int, size: int) -> 
 
 
 def recalibrate_classifier(
-    manifest: Manifest, session, fit: LabelledImages, check: LabelledImages, args, spec: PreprocessSpec
+    manifest: Manifest, session, fit: LabelledImages, fit_x: np.ndarray, check: LabelledImages, args, spec
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """(manifest updates, report): Platt parameters and thresholds refitted for the labels the site carries."""
     labels = list(manifest.labels)
     fit_y = fit.select_labels(labels).labels.astype(np.float64)
-    fit_raw = run_ort(session, preprocess_all(fit, spec, not args.quiet))[0]
+    fit_raw = run_ort(session, fit_x)[0]
     refitted = fitting.platt_parameters(labels, fit_y, fit_raw)
     carried = [name for k, name in enumerate(labels) if (~np.isnan(fit_y[:, k])).any()]
     parameters = {
@@ -110,9 +110,10 @@ def _before_after(labels, y, raw, manifest: Manifest, calibration, thresholds) -
         ("before", manifest.calibration, manifest.thresholds),
         ("after", calibration, thresholds),
     ):
-        table = metrics.label_metrics(labels, y, calibrate(raw, labels, params), limits, n_boot=0)
+        probabilities = calibrate(raw, labels, params)
+        table = metrics.label_metrics(labels, y, probabilities, limits, n_boot=0)
         for k, row in enumerate(table):
-            reliability = metrics.calibration(y[:, k], calibrate(raw, labels, params)[:, k])
+            reliability = metrics.calibration(y[:, k], probabilities[:, k])
             rows.setdefault(row.label, {})[when] = {
                 "auroc": row.auroc,
                 "ece": reliability.ece if reliability is not None else None,
@@ -122,16 +123,14 @@ def _before_after(labels, y, raw, manifest: Manifest, calibration, thresholds) -
     return {"images": int(len(y)), "labels": rows}
 
 
-def recalibrate_autoencoder(
-    manifest: Manifest, session, fit: LabelledImages, args, spec: PreprocessSpec
-) -> tuple[dict, dict]:
+def recalibrate_autoencoder(manifest: Manifest, session, fit_x: np.ndarray, args) -> tuple[dict, dict]:
     """(manifest updates, report): the error threshold at `--outlier-percentile` of the site's films; with a feature
     component, its distance threshold likewise, and the combined threshold at the gate's own percentile of them."""
-    outputs = run_ort(session, preprocess_all(fit, spec, not args.quiet))
+    outputs = run_ort(session, fit_x)
     errors = outputs[0]
     threshold = fitting.outlier_threshold(errors, args.outlier_percentile)
     outlier = {**manifest.outlier, "threshold": threshold, "percentile": args.outlier_percentile}
-    report = {"fit_images": len(fit), "previous_threshold": manifest.outlier_threshold, "threshold": threshold}
+    report = {"fit_images": len(fit_x), "previous_threshold": manifest.outlier_threshold, "threshold": threshold}
     if "feature" in outlier and len(outputs) > 1:
         feature, combined = dict(outlier["feature"]), dict(outlier.get("combined") or {})
         distances = mahalanobis(outputs[1], np.asarray(feature["mean"]), np.asarray(feature["precision"]))
@@ -168,13 +167,14 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     spec = PreprocessSpec.from_dict(manifest.preprocess)
     fit, check = site_halves(list(args.data), args.fit_fraction, args.split_seed, spec.size)
     session = ort_session(model.path, args.threads)
+    fit_x = preprocess_all(fit, spec, not args.quiet)  # decoded once, scored by every graph below
     if manifest.kind == "classifier":
-        updates, report = recalibrate_classifier(manifest, session, fit, check, args, spec)
+        updates, report = recalibrate_classifier(manifest, session, fit, fit_x, check, args, spec)
     else:
-        updates, report = recalibrate_autoencoder(manifest, session, fit, args, spec)
+        updates, report = recalibrate_autoencoder(manifest, session, fit_x, args)
         int8 = registry.int8_variant(model)
         if int8 is not None:
-            errors = run_ort(ort_session(int8.path, args.threads), preprocess_all(fit, spec))[0]
+            errors = run_ort(ort_session(int8.path, args.threads), fit_x)[0]
             report["int8_threshold"] = fitting.outlier_threshold(errors, args.outlier_percentile)
     report.update(source=model.ref, data=list(args.data), fit_fraction=args.fit_fraction, split_seed=args.split_seed)
     new = register(registry, model, updates, report)

@@ -265,7 +265,6 @@ def _finalise(out_dir, base_payload, state, splits, spec, labels, device, args) 
     table, per_source = metrics.per_source_metrics(
         labels, y, prob, origins, thresholds, n_boot=args.bootstrap, seed=args.seed
     )
-    uncalibrated, _ = metrics.per_source_metrics(labels, y, raw, origins, n_boot=0)
     summary: dict[str, Any] = {
         "best_epoch": best["epoch"],
         "val_mean_auroc": state["best_score"],
@@ -273,7 +272,7 @@ def _finalise(out_dir, base_payload, state, splits, spec, labels, device, args) 
         "mean_auroc": metrics.mean_auroc(m.auroc for m in table),
         "labels": [m.to_dict() for m in table],
         "per_source": per_source,
-        "ece_uncalibrated": {m.label: m.ece for m in uncalibrated},
+        "ece_uncalibrated": metrics.ece_per_label(labels, y, raw),
     }
     print(f"{split_name} split, best epoch {best['epoch']}:\n{metrics.format_metrics(table)}")
     for source, scores in per_source.items():
