@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -24,3 +25,19 @@ def require_shared(*parts: str) -> Path:
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     return require_shared()
+
+
+# an absolute POSIX path inside a string: what a registry file must never carry (a machine's folders)
+ABSOLUTE_PATH = re.compile(r"(?<![\w.~/-])/(?:[^/\s:'\"]+/)+[^/\s:'\"]+")
+
+
+def onnx_strings(path) -> list[str]:
+    """Every free-text string an ONNX file carries: model/graph metadata, node doc strings and metadata."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    texts = [entry.value for entry in (*model.metadata_props, *model.graph.metadata_props)]
+    for graph in (model.graph, *model.functions):
+        for node in graph.node:
+            texts += [node.doc_string, *(entry.value for entry in node.metadata_props)]
+    return texts

@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 from models.phantoms import make_phantom
 from models.preprocessing import PreprocessSpec, preprocess
 from models.registry import INT8_SUFFIX, Registry
-from tests.conftest import PROJECT_ROOT, require_shared
+from tests.conftest import ABSOLUTE_PATH, PROJECT_ROOT, onnx_strings, require_shared
 from training import export, train_autoencoder, train_classifier
 from training.checkpoints import load_checkpoint
 from training.datasets import LabelledImages, preprocess_all
@@ -201,6 +201,14 @@ def test_int8_variant_is_registered_with_its_auroc_comparison_and_speed(phantom_
     assert variant.manifest.onnx_bytes < registry.resolve("phantom").manifest.onnx_bytes
     assert variant.manifest.metrics["int8_vs_fp32"]["mean_auroc_int8"] == int8["mean_auroc_int8"]
     assert registry.resolve("phantom").manifest.export["int8"]["accepted"] is True
+
+
+def test_exported_graphs_carry_no_source_locations(phantom_export) -> None:
+    """The dynamo exporter records a Python stack trace per node, naming the exporting machine's folders."""
+    registry, _ = phantom_export
+    for model in (registry.resolve("phantom"), registry.model_set().classifier_int8):
+        texts = onnx_strings(model.path)
+        assert texts and [p for text in texts for p in ABSOLUTE_PATH.findall(text)] == [], model.ref
 
 
 def test_int8_variant_is_refused_when_auroc_drops_more_than_allowed(phantom_classifier, tmp_path) -> None:

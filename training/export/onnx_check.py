@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 
 OPSET = 18
 INPUT_NAME = "input"
+STACK_TRACE_KEY = "pkg.torch.onnx.stack_trace"
 
 
 class ParityError(RuntimeError):
@@ -44,12 +45,28 @@ def export_onnx(
             verbose=False,
         )
     proto = program.model_proto
+    drop_source_locations(proto)
     if metadata:
         onnx.helper.set_model_props(proto, metadata)
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save_model(proto, str(path), save_as_external_data=False)
     _check_single_file(path, names)
     return path
+
+
+def drop_source_locations(proto) -> None:
+    """Remove the exporter's per-node Python stack traces ("File /home/.../graphs.py, line 23"): they name the
+    folders of the machine that exported the model, and a registry file must not (nor does serving need them)."""
+    graphs = [proto.graph, *proto.functions]
+    while graphs:
+        graph = graphs.pop()
+        for node in graph.node:
+            node.doc_string = ""
+            kept = [entry for entry in node.metadata_props if entry.key != STACK_TRACE_KEY]
+            del node.metadata_props[:]
+            node.metadata_props.extend(kept)
+            graphs += [attribute.g for attribute in node.attribute if attribute.HasField("g")]
+            graphs += [g for attribute in node.attribute for g in attribute.graphs]
 
 
 def _check_single_file(path: Path, names: list[str]) -> None:
