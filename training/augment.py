@@ -49,6 +49,28 @@ class AugmentConfig:
             raise ValueError(f"expected fill in ('min', 'pad'), got {self.fill!r}")
 
     @classmethod
+    def scaled(cls, strength: float, *, hflip: bool = False) -> AugmentConfig:
+        """The default ranges widened (strength > 1) or narrowed (< 1) about their neutral values; 0 = neutral."""
+        if strength < 0:
+            raise ValueError(f"expected an augmentation strength >= 0, got {strength}")
+        default = cls()
+
+        def around_one(pair: tuple[float, float]) -> tuple[float, float]:
+            low, high = pair
+            return (max(0.05, 1.0 - (1.0 - low) * strength), 1.0 + (high - 1.0) * strength)
+
+        return cls(
+            max_shift=default.max_shift * strength,
+            max_rotation=default.max_rotation * strength,
+            scale=around_one(default.scale),
+            brightness=default.brightness * strength,
+            contrast=around_one(default.contrast),
+            gamma=around_one(default.gamma),
+            noise_std=default.noise_std * strength,
+            hflip=hflip,
+        )
+
+    @classmethod
     def neutral(cls) -> AugmentConfig:
         """A configuration that changes nothing (a starting point for enabling single transforms)."""
         return cls(

@@ -22,6 +22,7 @@ from torch import nn
 
 from models.autoencoder import AutoencoderConfig, ConvAutoencoder
 from models.classifier import ClassifierConfig, XRayClassifier
+from models.ensemble import ClassifierEnsemble, EnsembleConfig, is_ensemble_config
 from training.datasets import LabelledImages
 from training.sources import limit_labelled_training, load_splits, policy_from_args
 
@@ -61,7 +62,9 @@ def model_from_checkpoint(checkpoint: dict[str, Any]) -> nn.Module:
     """The checkpoint's network with its weights loaded, on the CPU, in eval mode."""
     kind = checkpoint.get("kind")
     model: nn.Module
-    if kind == "classifier":
+    if kind == "classifier" and is_ensemble_config(checkpoint["config"]):
+        model = ClassifierEnsemble(EnsembleConfig.from_dict(checkpoint["config"]))
+    elif kind == "classifier":
         model = XRayClassifier(ClassifierConfig.from_dict(checkpoint["config"]))
     elif kind == "autoencoder":
         model = ConvAutoencoder(AutoencoderConfig.from_dict(checkpoint["config"]))

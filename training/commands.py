@@ -1,4 +1,4 @@
-"""The trainer's `xray` commands: `train classifier|autoencoder|add-label`, `eval`, `export`, `calibrate`.
+"""The trainer's `xray` commands: `train classifier|autoencoder|add-label|ensemble`, `eval`, `export`, `calibrate`.
 
 Each hands its arguments to a script's own argparse parser (`get_args_parser()` + `main(args)`, as torchvision's
 references do), so `xray train classifier --help` lists every flag with its default. Importing this module is
@@ -66,6 +66,18 @@ def train_add_label(ctx: typer.Context) -> None:
     with training_extra():
         from training import add_label as script
     run_script(script, ctx.args)
+
+
+@train_app.command("ensemble", **PASSTHROUGH)
+def train_ensemble(ctx: typer.Context) -> None:
+    """Combine trained classifiers into one calibrated checkpoint (seed ensembles, one model per data source).
+    `xray train ensemble --help` lists every flag."""
+    with training_extra():
+        from training import ensemble as script
+    try:
+        run_script(script, ctx.args)
+    except (ValueError, FileNotFoundError) as error:
+        fail(error)
 
 
 def evaluate(ctx: typer.Context) -> None:

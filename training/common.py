@@ -81,13 +81,27 @@ def seed_everything(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def masked_bce_with_logits(logits: torch.Tensor, targets: torch.Tensor, pos_weight: torch.Tensor | None = None):
-    """Sum over labels of the logistic loss, missing labels (NaN) masked out; averaged over images.  # (B, K)"""
+def masked_bce_with_logits(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    pos_weight: torch.Tensor | None = None,
+    *,
+    smoothing: float = 0.0,
+    label_weights: torch.Tensor | None = None,
+):
+    """Sum over labels of the logistic loss, missing labels (NaN) masked out; averaged over images.  # (B, K)
+
+    `smoothing` pulls the targets towards 1/2 (0 -> s/2, 1 -> 1 - s/2); `label_weights` (K,) scales each label's
+    loss (with one source per label, the weighting between sources)."""
     known = ~torch.isnan(targets)
     safe_targets = torch.where(known, targets, torch.zeros_like(targets))
+    if smoothing:
+        safe_targets = safe_targets * (1.0 - smoothing) + 0.5 * smoothing
     losses = nn.functional.binary_cross_entropy_with_logits(
         logits, safe_targets, pos_weight=pos_weight, reduction="none"
     )
+    if label_weights is not None:
+        losses = losses * label_weights
     return (losses * known).sum() / logits.shape[0]
 
 

@@ -63,7 +63,17 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     optim.add_argument("--warmup-epochs", type=float, default=1.0, help="linear warm-up (cosine schedule)")
     optim.add_argument("--pos-weight", action="store_true", help="weight positives by neg/pos per label")
     optim.add_argument("--ema-decay", type=float, default=0.0, help="weight averaging (EMA) decay, 0 = off")
+    optim.add_argument("--label-smoothing", type=float, default=0.0, help="targets 0/1 -> s/2 and 1 - s/2")
+    optim.add_argument(
+        "--label-weights",
+        type=_label_weights,
+        default={},
+        help="loss weight per label, e.g. Pneumonia=0.5 (the weighting between sources); unnamed labels 1",
+    )
     optim.add_argument("--no-augment", action="store_true", help="turn off shift/rotation/zoom/exposure augmentation")
+    optim.add_argument(
+        "--augment-strength", type=float, default=1.0, help="scale of the augmentation ranges (1 = the defaults)"
+    )
     optim.add_argument("--hflip", action="store_true", help="also flip horizontally (off: anatomy is not symmetric)")
     optim.add_argument(
         "--early-stop", type=int, default=0, help="stop after N epochs without a better val AUROC (0 = off)"
@@ -117,6 +127,20 @@ def _add_data_arguments(data: argparse._ArgumentGroup) -> None:
     data.add_argument("--views", type=_comma_list, default=(), help="keep only these view positions, e.g. PA,AP")
 
 
+def _label_weights(text: str) -> dict[str, float]:
+    weights = {}
+    for item in _comma_list(text):
+        name, _, value = item.partition("=")
+        try:
+            weight = float(value)
+        except ValueError:
+            weight = -1.0
+        if not name.strip() or weight < 0:
+            raise argparse.ArgumentTypeError(f"expected LABEL=WEIGHT pairs with weights >= 0, got {item!r}")
+        weights[name.strip()] = weight
+    return weights
+
+
 def _comma_list(text: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in text.split(",") if part.strip())
 
@@ -135,6 +159,7 @@ class Trainer:
     val_loader: Any
     augment: RandomRadiographAugment | None
     pos_weight: torch.Tensor | None
+    label_weights: torch.Tensor | None = None
     state: dict[str, Any] = field(
         default_factory=lambda: {"epoch": 0, "best_score": -math.inf, "history": [], "stale": 0}
     )
@@ -204,7 +229,8 @@ def _trainer(args, model: XRayClassifier, splits, spec, generator: torch.Generat
         model = model.to(memory_format=torch.channels_last)
     augment = None
     if not args.no_augment:
-        augment = RandomRadiographAugment(AugmentConfig(hflip=args.hflip), spec, generator=generator)
+        config = AugmentConfig.scaled(args.augment_strength, hflip=args.hflip)
+        augment = RandomRadiographAugment(config, spec, generator=generator)
     progress = not args.quiet
     train_set = ImageTensorDataset(splits["train"], spec, progress=progress)
     train_loader = common.loader(train_set, args.batch_size, shuffle=True, generator=generator, workers=args.workers)
@@ -212,10 +238,20 @@ def _trainer(args, model: XRayClassifier, splits, spec, generator: torch.Generat
     pos_weight = None
     if args.pos_weight:
         pos_weight = torch.as_tensor(positive_weights(splits["train"]), dtype=torch.float32, device=device)
+    label_weights = None
+    if args.label_weights:
+        unknown = sorted(set(args.label_weights) - set(model.labels))
+        if unknown:
+            raise ValueError(f"--label-weights names {unknown}, which are not labels of this model: {model.labels}")
+        weights = [args.label_weights.get(name, 1.0) for name in model.labels]
+        label_weights = torch.tensor(weights, dtype=torch.float32, device=device)
     optimizer = _optimizer(model, args)
     scheduler = _scheduler(optimizer, args, steps_per_epoch=len(train_loader))
     ema = common.make_ema(model, args.ema_decay)
-    return Trainer(model, optimizer, scheduler, ema, generator, device, train_loader, val_loader, augment, pos_weight)
+    return Trainer(
+        model, optimizer, scheduler, ema, generator, device, train_loader, val_loader, augment, pos_weight,
+        label_weights,
+    )  # fmt: skip
 
 
 def _run_epoch(trainer: Trainer, epoch: int, labels: tuple[str, ...], args) -> bool:
@@ -249,6 +285,42 @@ def _finalise(out_dir, base_payload, state, splits, spec, labels, device, args) 
     calibration) -> model.ckpt + metrics.json."""
     best = checkpoints.load_checkpoint(out_dir / "best.ckpt", kind="classifier")
     model = checkpoints.model_from_checkpoint(best).to(device)
+    scored = calibrate_and_test(model, splits, spec, labels, device, args)
+    calibration, thresholds, prob, y = scored.calibration, scored.thresholds, scored.probabilities, scored.labels
+    summary: dict[str, Any] = {"best_epoch": best["epoch"], "val_mean_auroc": state["best_score"], **scored.summary}
+    final = {**base_payload, "model": best["model"], "epoch": best["epoch"], "history": state["history"]}
+    final.update(thresholds=thresholds, calibration=calibration, metrics=summary)
+    checkpoints.save_checkpoint(out_dir / "model.ckpt", final)
+    (out_dir / "metrics.json").write_text(
+        json.dumps(
+            {**summary, "thresholds": thresholds, "calibration": calibration, "history": state["history"]}, indent=2
+        )  # fmt: skip
+    )
+    return {
+        "checkpoint": out_dir / "model.ckpt",
+        "metrics": summary,
+        "thresholds": thresholds,
+        "test_probabilities": prob,
+        "test_labels": y,
+        "test_split": scored.split,
+    }
+
+
+@dataclass
+class Scored:
+    """A trained model's calibration (fitted on the validation split) and its held-out figures."""
+
+    calibration: dict[str, Any]
+    thresholds: dict[str, float]
+    probabilities: np.ndarray  # (N, K) calibrated, on `split`
+    labels: np.ndarray  # (N, K) NaN = missing
+    split: LabelledImages  # the test split, or the validation split when there is no test split
+    summary: dict[str, Any]  # split name, mean AUROC, per-label and per-source tables, uncalibrated ECE
+
+
+def calibrate_and_test(model: torch.nn.Module, splits, spec, labels: tuple[str, ...], device, args) -> Scored:
+    """Platt calibration and thresholds from the validation split, then the metrics on the test split (the
+    validation split when there is none). `args` gives target_sensitivity, bootstrap, seed and quiet."""
     val_loader = common.loader(ImageTensorDataset(splits["val"], spec), 256, shuffle=False)
     val_raw, val_y = _predict_probabilities(model, val_loader, device)
     calibration = calibrate.platt_parameters(labels, val_y, val_raw)
@@ -261,39 +333,23 @@ def _finalise(out_dir, base_payload, state, splits, spec, labels, device, args) 
     else:
         raw, y = val_raw, val_y
     prob = calibrated(raw, labels, calibration)
-    origins = splits[split_name].origins
     table, per_source = metrics.per_source_metrics(
-        labels, y, prob, origins, thresholds, n_boot=args.bootstrap, seed=args.seed
+        labels, y, prob, splits[split_name].origins, thresholds, n_boot=args.bootstrap, seed=args.seed
     )
-    summary: dict[str, Any] = {
-        "best_epoch": best["epoch"],
-        "val_mean_auroc": state["best_score"],
+    summary = {
         "split": split_name,
         "mean_auroc": metrics.mean_auroc(m.auroc for m in table),
         "labels": [m.to_dict() for m in table],
         "per_source": per_source,
         "ece_uncalibrated": metrics.ece_per_label(labels, y, raw),
     }
-    print(f"{split_name} split, best epoch {best['epoch']}:\n{metrics.format_metrics(table)}")
+    print(f"{split_name} split:\n{metrics.format_metrics(table)}")
     for source, scores in per_source.items():
         own = " ".join(f"{m['label']} {m['auroc']:.3f}" for m in scores["labels"] if m["auroc"] is not None)
         print(f"  {source} ({scores['images']} images): {own}")
     mean = summary["mean_auroc"]
     print(f"mean AUROC {'n/a' if mean is None else f'{mean:.3f}'} (pooled over the labels one source carries)")
-    final = {**base_payload, "model": best["model"], "epoch": best["epoch"], "history": state["history"]}
-    final.update(thresholds=thresholds, calibration=calibration, metrics=summary)
-    checkpoints.save_checkpoint(out_dir / "model.ckpt", final)
-    (out_dir / "metrics.json").write_text(
-        json.dumps({**summary, "thresholds": thresholds, "calibration": calibration, "history": state["history"]},
-                   indent=2)  # fmt: skip
-    )
-    return {
-        "checkpoint": out_dir / "model.ckpt",
-        "metrics": summary,
-        "thresholds": thresholds,
-        "test_probabilities": prob,
-        "test_labels": y,
-    }
+    return Scored(calibration, thresholds, prob, y, splits[split_name], summary)
 
 
 def calibrated(raw: np.ndarray, labels, calibration: dict[str, Any]) -> np.ndarray:
@@ -318,7 +374,9 @@ def _train_one_epoch(trainer: Trainer, epoch: int, args) -> float:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
             logits = model(x)
-        loss = common.masked_bce_with_logits(logits.float(), y, trainer.pos_weight)
+        loss = common.masked_bce_with_logits(
+            logits.float(), y, trainer.pos_weight, smoothing=args.label_smoothing, label_weights=trainer.label_weights
+        )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -16,7 +16,6 @@ from training.recipes import FAST_ADAMW
 pytestmark = pytest.mark.slow
 
 
-
 def _train(tmp_path, *argv: str) -> dict:
     args = train_classifier.get_args_parser().parse_args(
         [*argv, "--output-dir", str(tmp_path), "--threads", "2", "--quiet", "--bootstrap", "200"]

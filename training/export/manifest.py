@@ -64,7 +64,9 @@ def _classifier_fields(checkpoint: dict[str, Any], fields: dict[str, Any], shape
             "expected per-label thresholds in the checkpoint: export the calibrated model.ckpt written at the "
             "end of training, not best.ckpt/last.ckpt"
         )
-    backbone = checkpoint["config"].get("backbone", "small_cnn")
+    config = checkpoint["config"]
+    # an ensemble's maps are resized to its finest member map
+    stride = min(ENCODER_STRIDE[member.get("backbone", "small_cnn")] for member in config.get("members", [config]))
     fields.update(
         labels=labels,
         thresholds={name: float(thresholds[name]) for name in labels},
@@ -73,7 +75,7 @@ def _classifier_fields(checkpoint: dict[str, Any], fields: dict[str, Any], shape
         cam={
             "output": "cam",
             "units": "logit",
-            "stride": ENCODER_STRIDE.get(backbone),
+            "stride": stride,
             "shape": shapes["cam"][1:],
             "note": "the spatial mean of cam[:, k] is label k's logit; upsample bilinearly for a heatmap",
         },
