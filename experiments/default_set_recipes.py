@@ -28,21 +28,27 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from training import metrics, train_classifier  # noqa: E402
-from training.recipes import FAST_ADAMW  # noqa: E402
+from models.labels import NIH1000_LABELS  # noqa: E402
+from training import ensemble, metrics, train_classifier  # noqa: E402
+from training.recipes import (  # noqa: E402
+    DEFAULT_NIH_MEMBER,
+    DEFAULT_NIH_MEMBERS,
+    DEFAULT_PNEUMONIA_MEMBER,
+    DEFAULT_PNEUMONIA_MEMBERS,
+    FAST_ADAMW,
+)
 
 SHARED = ROOT.parent / "shared" / "data"
 NIH_CSV = SHARED / "nih1000" / "Data_Entry_subset.csv"
 NIH_TEST = SHARED / "nih1000" / "test"
 PNEUMONIA = SHARED / "pneumoniamnist" / "pneumoniamnist.npz"
-NIH_LABELS = ("Abnormal", "Effusion", "Infiltration", "Atelectasis", "Cardiomegaly")
 SEEDS = (0, 1, 2)
 WORK = ROOT / "runs" / "recipes"
 
 NIH = ["--data", f"nih:{NIH_CSV}", "--test-images-under", str(NIH_TEST), "--val-fraction", "0.15"]
-NIH5 = [*NIH, "--labels", ",".join(NIH_LABELS)]
+NIH5 = [*NIH, "--labels", ",".join(NIH1000_LABELS)]
 PN = ["--data", f"medmnist:{PNEUMONIA}"]
-MERGED = [*NIH, "--data", f"medmnist:{PNEUMONIA}", "--labels", ",".join((*NIH_LABELS, "Pneumonia"))]
+MERGED = [*NIH, "--data", f"medmnist:{PNEUMONIA}", "--labels", ",".join((*NIH1000_LABELS, "Pneumonia"))]
 BASE = ["--input-size", "64", *FAST_ADAMW]
 
 # name -> (what it changes, trainer flags); every recipe adds --seed/--split-seed
@@ -86,16 +92,101 @@ RECIPES: dict[str, tuple[str, list[str]]] = {
         "resnet18, input upsampled to 128 px",
         [*NIH5, *BASE[2:], "--input-size", "128", "--pos-weight", "--backbone", "resnet18", "--epochs", "20"],
     ),
+    "nih-slim32": (
+        "slim_resnet18 w32 (ResNet-18 topology, 1/4 of its widths)",
+        [*NIH5, *BASE, "--pos-weight", "--backbone", "slim_resnet18", "--width", "32", "--epochs", "20"],
+    ),
+    "nih-slim16": (
+        "slim_resnet18 w16",
+        [*NIH5, *BASE, "--pos-weight", "--backbone", "slim_resnet18", "--width", "16", "--epochs", "20"],
+    ),
+    "nih-slim24": (
+        "slim_resnet18 w24",
+        [*NIH5, *BASE, "--pos-weight", "--backbone", "slim_resnet18", "--width", "24", "--epochs", "20"],
+    ),
+    # slim_resnet18 w16 variants (the fastest of the ResNet-like members)
+    **{
+        f"nih-slim16-{key}": (
+            what,
+            [
+                *NIH5,
+                *BASE,
+                *([] if key == "nopw" else ["--pos-weight"]),
+                "--backbone",
+                "slim_resnet18",
+                "--width",
+                "16",
+                "--epochs",
+                "20",
+                *flags,
+            ],
+        )
+        for key, (what, flags) in {
+            "ls": ("label smoothing 0.1", ["--label-smoothing", "0.1"]),
+            "aug2": ("augmentation ranges x2", ["--augment-strength", "2"]),
+            "aug05": ("augmentation ranges x0.5", ["--augment-strength", "0.5"]),
+            "hflip": ("+ horizontal flips", ["--hflip"]),
+            "40ep": ("40 epochs", ["--epochs", "40"]),
+            "noema": ("no EMA", ["--ema-decay", "0"]),
+            "drop": ("dropout 0.3", ["--dropout", "0.3"]),
+            "nopw": ("no pos-weight", []),
+            "up128": ("input upsampled to 128 px", ["--input-size", "128"]),
+            "from-pn": (
+                "encoder from the PneumoniaMNIST model (pn-slim16, seed 0)",
+                ["--init-encoder", str(WORK / "pn-slim16-s0" / "model.ckpt")],
+            ),
+        }.items()
+    },
+    "merged-slim16": (
+        "NIH + PneumoniaMNIST in one slim_resnet18 w16",
+        [*MERGED, *BASE, "--pos-weight", "--backbone", "slim_resnet18", "--width", "16", "--epochs", "15"],
+    ),
+    **{
+        f"pn-slim16-{key}": (
+            what,
+            [*PN, *BASE, "--backbone", "slim_resnet18", "--width", "16", "--epochs", "10", *flags],
+        )
+        for key, (what, flags) in {
+            "pw": ("pos-weight", ["--pos-weight"]),
+            "ls": ("label smoothing 0.1", ["--label-smoothing", "0.1"]),
+            "aug2": ("augmentation ranges x2", ["--augment-strength", "2"]),
+            "hflip": ("+ horizontal flips", ["--hflip"]),
+            "20ep": ("20 epochs", ["--epochs", "20"]),
+            "noema": ("no EMA", ["--ema-decay", "0"]),
+            "28": ("at the native 28 px", ["--input-size", "28"]),
+            "up128": ("input upsampled to 128 px", ["--input-size", "128"]),
+        }.items()
+    },
     "merged-small32": (
         "NIH + PneumoniaMNIST in one model (the shipped recipe before)",
         [*MERGED, *BASE, "--pos-weight", "--epochs", "15"],
     ),
+    # the shipped members (training.recipes), with the split flags every member of one ensemble shares
+    "default-nih": ("the shipped NIH member", [*NIH5, *DEFAULT_NIH_MEMBER]),
+    "default-pn": ("the shipped PneumoniaMNIST member", [*PN, *NIH[-4:], *DEFAULT_PNEUMONIA_MEMBER]),
     # PneumoniaMNIST alone
     "pn-small32": ("small_cnn w32 at 64 px (28 px upsampled)", [*PN, *BASE, "--epochs", "10"]),
     "pn-small32-28": ("small_cnn w32 at the native 28 px", [*PN, *BASE[2:], "--input-size", "28", "--epochs", "10"]),
     "pn-r18": ("resnet18 at 64 px", [*PN, *BASE, "--backbone", "resnet18", "--epochs", "8"]),
+    "pn-slim16": (
+        "slim_resnet18 w16 at 64 px",
+        [*PN, *BASE, "--backbone", "slim_resnet18", "--width", "16", "--epochs", "10"],
+    ),
+    "pn-slim32": (
+        "slim_resnet18 w32 at 64 px",
+        [*PN, *BASE, "--backbone", "slim_resnet18", "--width", "32", "--epochs", "10"],
+    ),
     "pn-small64": ("small_cnn w64 at 64 px", [*PN, *BASE, "--width", "64", "--epochs", "10"]),
     "pn-small32-pw": ("small_cnn w32, pos-weight", [*PN, *BASE, "--pos-weight", "--epochs", "10"]),
+}
+
+# name -> (what, [(member recipe, members with init seeds split, split + 100, ...)]); every member on one split seed
+ENSEMBLES: dict[str, tuple[str, list[tuple[str, int]]]] = {
+    "ens-nih-small32x3": ("3 x nih-small32 (init seeds), logits averaged", [("nih-small32", 3)]),
+    "default-set": (
+        "the shipped classifier: default-nih members + default-pn members in one graph",
+        [("default-nih", DEFAULT_NIH_MEMBERS), ("default-pn", DEFAULT_PNEUMONIA_MEMBERS)],
+    ),
 }
 
 
@@ -111,7 +202,7 @@ def _test_figures(result: dict) -> dict:
     figures: dict = {}
     nih_rows = [i for i, item in enumerate(split.items) if isinstance(item, Path) and NIH_TEST in item.parents]
     if nih_rows:
-        aurocs = _auroc_table(truth[nih_rows], prob[nih_rows], labels, NIH_LABELS)
+        aurocs = _auroc_table(truth[nih_rows], prob[nih_rows], labels, NIH1000_LABELS)
         figures["nih_test_images"] = len(nih_rows)
         figures["nih_test_auroc"] = aurocs
         figures["nih_test_mean"] = float(np.mean([v for v in aurocs.values() if v is not None]))
@@ -125,31 +216,55 @@ def _test_figures(result: dict) -> dict:
     return figures
 
 
-def run_one(name: str, seed: int, work: Path) -> dict:
-    out = work / f"{name}-s{seed}"
-    done = out / "result.json"
-    if done.exists():
-        return json.loads(done.read_text())
-    argv = [*RECIPES[name][1], "--seed", str(seed), "--split-seed", str(seed), "--threads", "1", "--quiet",
-            "--bootstrap", "0", "--output-dir", str(out)]  # fmt: skip
-    start = time.perf_counter()
-    result = train_classifier.main(train_classifier.get_args_parser().parse_args(argv))
+def _run_dir(work: Path, name: str, seed: int, init: int | None = None) -> Path:
+    return work / (f"{name}-s{seed}" if init is None or init == seed else f"{name}-s{seed}-i{init}")
+
+
+def _record(name: str, seed: int, seconds: float, result: dict, out: Path, init: int | None = None) -> dict:
     summary = result["metrics"]
-    history = json.loads((out / "metrics.json").read_text())["history"]
-    best = next(h for h in history if h["epoch"] == summary["best_epoch"])
     record = {
         "recipe": name,
         "seed": seed,
-        "seconds": round(time.perf_counter() - start, 1),
-        "best_epoch": summary["best_epoch"],
+        "init": seed if init is None else init,
+        "seconds": round(seconds, 1),
+        "best_epoch": summary.get("best_epoch"),
         "val_mean_auroc": summary["val_mean_auroc"],
-        "val_auroc": best["val_auroc"],
+        "val_auroc": summary.get("val_auroc"),
         **_test_figures(result),
     }
-    np.savez_compressed(out / "test_predictions.npz", probabilities=result["test_probabilities"],
-                        labels=result["test_labels"])  # fmt: skip
-    done.write_text(json.dumps(record, indent=2))
+    (out / "result.json").write_text(json.dumps(record, indent=2))
     return record
+
+
+def run_one(name: str, seed: int, work: Path, init: int | None = None) -> dict:
+    """Recipe `name` on split seed `seed`, initialised with seed `init` (default: the split seed)."""
+    out = _run_dir(work, name, seed, init)
+    if (out / "result.json").exists():
+        return json.loads((out / "result.json").read_text())
+    argv = [*RECIPES[name][1], "--seed", str(seed if init is None else init), "--split-seed", str(seed),
+            "--threads", "1", "--quiet", "--bootstrap", "0", "--output-dir", str(out)]  # fmt: skip
+    start = time.perf_counter()
+    result = train_classifier.main(train_classifier.get_args_parser().parse_args(argv))
+    return _record(name, seed, time.perf_counter() - start, result, out, init)
+
+
+def ensemble_members(name: str, seed: int) -> list[tuple[str, int, int]]:
+    """(recipe, split seed, init seed) of each member of ensemble `name` on split seed `seed`."""
+    return [(recipe, seed, seed + 100 * j) for recipe, count in ENSEMBLES[name][1] for j in range(count)]
+
+
+def run_ensemble(name: str, seed: int, work: Path) -> dict:
+    """The members (trained already) combined by `xray train ensemble`: calibrated and scored like one model."""
+    out = work / f"{name}-s{seed}"
+    if (out / "result.json").exists():
+        return json.loads((out / "result.json").read_text())
+    members = [_run_dir(work, *member) for member in ensemble_members(name, seed)]
+    start = time.perf_counter()
+    argv = [*(str(m / "model.ckpt") for m in members), "--output-dir", str(out), "--bootstrap", "0", "--threads", "1",
+            "--quiet"]  # fmt: skip
+    result = ensemble.main(ensemble.get_args_parser().parse_args(argv))
+    trained = sum(json.loads((m / "result.json").read_text())["seconds"] for m in members)
+    return _record(name, seed, trained + time.perf_counter() - start, result, out)
 
 
 def _stats(values: list[float]) -> str:
@@ -162,6 +277,7 @@ def _stats(values: list[float]) -> str:
 
 def write_table(work: Path, out: Path) -> None:
     records = [json.loads(p.read_text()) for p in sorted(work.glob("*/result.json"))]
+    records = [r for r in records if r.get("init", r["seed"]) == r["seed"]]  # extra ensemble members: not a recipe row
     by_recipe: dict[str, list[dict]] = {}
     for record in records:
         by_recipe.setdefault(record["recipe"], []).append(record)
@@ -176,7 +292,7 @@ def write_table(work: Path, out: Path) -> None:
         "|---|---|---|---|---|---|---|---|",
     ]
     for name, runs in by_recipe.items():
-        what = RECIPES.get(name, ("(removed recipe)", []))[0]
+        what = {**RECIPES, **ENSEMBLES}.get(name, ("(removed recipe)", []))[0]
         seeds = ",".join(str(r["seed"]) for r in sorted(runs, key=lambda r: r["seed"]))
         lines.append(
             f"| {name} | {what} | {seeds} | {_stats([r['val_mean_auroc'] for r in runs])} "
@@ -200,19 +316,26 @@ def main() -> None:
     parser.add_argument("--table-only", action="store_true")
     args = parser.parse_args()
     if not args.table_only:
-        names = [n for n in args.only.split(",") if n] or list(RECIPES)
-        unknown = sorted(set(names) - set(RECIPES))
+        names = [n for n in args.only.split(",") if n] or [*RECIPES, *ENSEMBLES]
+        unknown = sorted(set(names) - set(RECIPES) - set(ENSEMBLES))
         if unknown:
-            raise SystemExit(f"unknown recipes {unknown}; known: {sorted(RECIPES)}")
-        jobs = [(name, int(seed)) for name in names for seed in args.seeds.split(",")]
+            raise SystemExit(f"unknown recipes {unknown}; known: {sorted(RECIPES)} and ensembles {sorted(ENSEMBLES)}")
+        seeds = [int(seed) for seed in args.seeds.split(",")]
+        single = [(name, seed, None) for name in names if name in RECIPES for seed in seeds]
+        single += [m for name in names if name in ENSEMBLES for seed in seeds for m in ensemble_members(name, seed)]
         with ProcessPoolExecutor(max_workers=args.workers) as pool:
-            futures = [pool.submit(run_one, name, seed, args.work) for name, seed in jobs]
-            for future in futures:
-                record = future.result()
-                print(f"{record['recipe']} s{record['seed']}: val {record['val_mean_auroc']:.3f} "
-                      f"nih {record.get('nih_test_mean')} pn {record.get('pn_test_auroc')} ({record['seconds']} s)",
-                      flush=True)  # fmt: skip
+            _report(pool.submit(run_one, name, seed, args.work, init) for name, seed, init in dict.fromkeys(single))
+            combined = [(name, seed) for name in names if name in ENSEMBLES for seed in seeds]
+            _report(pool.submit(run_ensemble, name, seed, args.work) for name, seed in combined)
     write_table(args.work, args.out)
+
+
+def _report(futures) -> None:
+    for future in list(futures):
+        record = future.result()
+        print(f"{record['recipe']} s{record['seed']}: val {record['val_mean_auroc']:.3f} "
+              f"nih {record.get('nih_test_mean')} pn {record.get('pn_test_auroc')} ({record['seconds']} s)",
+              flush=True)  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -44,11 +44,9 @@ PHANTOM_FINDINGS: tuple[str, ...] = (
     "Consolidation",
 )
 
-# Label sets the shipped models, experiments and real-data tests use: the NIH ChestX-ray14 labels with enough
-# positives in the 1000-image subset (../shared/data/nih1000) to train and test, and the default model set's labels
-# (those + Pneumonia from PneumoniaMNIST).
+# The NIH ChestX-ray14 labels with enough positives in the 1000-image subset (../shared/data/nih1000) to train and
+# test: the shipped models, experiments and real-data tests use them.
 NIH1000_LABELS: tuple[str, ...] = (ABNORMAL, "Effusion", "Infiltration", "Atelectasis", "Cardiomegaly")
-DEFAULT_SET_LABELS: tuple[str, ...] = (*NIH1000_LABELS, "Pneumonia")
 
 _CANONICAL = {name.lower().replace(" ", "_"): name for name in (*XRV_PATHOLOGIES, ABNORMAL, NO_FINDING)}
 

@@ -37,7 +37,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     _add_data_arguments(parser.add_argument_group("data"))
     model = parser.add_argument_group("model")
     model.add_argument("--backbone", choices=BACKBONES, default="small_cnn", help="encoder architecture")
-    model.add_argument("--width", type=int, default=32, help="base width of small_cnn")
+    model.add_argument("--width", type=int, default=32, help="base width of small_cnn and slim_resnet18")
     model.add_argument("--input-size", type=int, default=128, help="square input size in pixels")
     model.add_argument("--dropout", type=float, default=0.0, help="dropout before the heads")
     common.add_preprocess_arguments(model)
@@ -287,7 +287,7 @@ def _finalise(out_dir, base_payload, state, splits, spec, labels, device, args) 
     model = checkpoints.model_from_checkpoint(best).to(device)
     scored = calibrate_and_test(model, splits, spec, labels, device, args)
     calibration, thresholds, prob, y = scored.calibration, scored.thresholds, scored.probabilities, scored.labels
-    summary: dict[str, Any] = {"best_epoch": best["epoch"], "val_mean_auroc": state["best_score"], **scored.summary}
+    summary: dict[str, Any] = {"best_epoch": best["epoch"], **scored.summary}
     final = {**base_payload, "model": best["model"], "epoch": best["epoch"], "history": state["history"]}
     final.update(thresholds=thresholds, calibration=calibration, metrics=summary)
     checkpoints.save_checkpoint(out_dir / "model.ckpt", final)
@@ -319,8 +319,8 @@ class Scored:
 
 
 def calibrate_and_test(model: torch.nn.Module, splits, spec, labels: tuple[str, ...], device, args) -> Scored:
-    """Platt calibration and thresholds from the validation split, then the metrics on the test split (the
-    validation split when there is none). `args` gives target_sensitivity, bootstrap, seed and quiet."""
+    """Platt calibration and thresholds from the validation split (its AUROCs reported too), then the metrics on the
+    test split (the validation split when there is none). `args` gives target_sensitivity, bootstrap, seed, quiet."""
     val_loader = common.loader(ImageTensorDataset(splits["val"], spec), 256, shuffle=False)
     val_raw, val_y = _predict_probabilities(model, val_loader, device)
     calibration = calibrate.platt_parameters(labels, val_y, val_raw)
@@ -336,7 +336,10 @@ def calibrate_and_test(model: torch.nn.Module, splits, spec, labels: tuple[str, 
     table, per_source = metrics.per_source_metrics(
         labels, y, prob, splits[split_name].origins, thresholds, n_boot=args.bootstrap, seed=args.seed
     )
+    val_auroc = metrics.per_label_auroc(val_y, val_raw)
     summary = {
+        "val_mean_auroc": metrics.mean_auroc(val_auroc),
+        "val_auroc": dict(zip(labels, val_auroc, strict=True)),
         "split": split_name,
         "mean_auroc": metrics.mean_auroc(m.auroc for m in table),
         "labels": [m.to_dict() for m in table],
