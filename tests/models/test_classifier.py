@@ -142,6 +142,17 @@ def test_imagenet_shaped_resnet18_weights_load_into_a_one_channel_classifier() -
             assert torch.equal(encoder_state[key], imagenet[key]), key
 
 
+def test_slim_resnet18_at_width_64_is_resnet18_and_narrower_widths_scale_the_stages() -> None:
+    imagenet = torchvision.models.resnet18(weights=None).state_dict()
+    full = _model("slim_resnet18", width=64)
+    assert len(load_encoder_weights(full, imagenet, strict=True)) == len(full.encoder.state_dict())
+    slim = _model("slim_resnet18", width=16)
+    assert slim.head.in_features == 128
+    with torch.no_grad():
+        assert slim.features(torch.zeros(1, 1, 64, 64)).shape == (1, 128, 2, 2)  # stride 32
+    assert sum(p.numel() for p in slim.parameters()) < sum(p.numel() for p in full.parameters()) / 15
+
+
 def test_imagenet_shaped_densenet_with_old_key_names_loads() -> None:
     imagenet = torchvision.models.densenet121(weights=None).state_dict()
     old_names = {k.replace("norm1.", "norm.1.").replace("conv2.", "conv.2."): v for k, v in imagenet.items()}
@@ -169,7 +180,7 @@ def test_load_encoder_weights_names_expected_and_received_keys_when_nothing_matc
         load_encoder_weights(small, torchvision.models.resnet18(weights=None).state_dict())
 
 
-@pytest.mark.parametrize("backbone", ["small_cnn", "resnet18"])
+@pytest.mark.parametrize("backbone", ["small_cnn", "slim_resnet18", "resnet18"])
 def test_onnx_export_of_logits_and_cams_matches_torch(backbone: str, tmp_path: Path) -> None:
     ort = pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")
