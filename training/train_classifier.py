@@ -61,7 +61,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         "--schedule", choices=("cosine", "onecycle", "constant"), default="cosine", help="learning-rate schedule"
     )
     optim.add_argument("--warmup-epochs", type=float, default=1.0, help="linear warm-up (cosine schedule)")
-    optim.add_argument("--pos-weight", action="store_true", help="weight positives by neg/pos per label")
+    optim.add_argument("--pos-weight", action="store_true", help="weight positives by neg/pos per label (either class rarer)")
     optim.add_argument("--ema-decay", type=float, default=0.0, help="weight averaging (EMA) decay, 0 = off")
     optim.add_argument("--label-smoothing", type=float, default=0.0, help="targets 0/1 -> s/2 and 1 - s/2")
     optim.add_argument(

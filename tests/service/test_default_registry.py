@@ -6,7 +6,9 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from models.imaging import decode_file
+from models.calibration import calibrate
+from models.imaging import decode_file, from_array
+from models.labels import NIH1000_LABELS
 from models.outlier_gate import combined_threshold, component_scores
 from models.preprocessing import PreprocessSpec, preprocess
 from models.registry import Registry
@@ -14,6 +16,10 @@ from tests.conftest import ABSOLUTE_PATH, PROJECT_ROOT, onnx_strings, require_sh
 from training import datasets, metrics
 
 SHIPPED = Registry(PROJECT_ROOT / "registry")
+# a little below what the shipped files measure (experiments/results/default_set_through_server.json)
+NIH_TEST_MEAN_FLOOR = 0.70
+PNEUMONIA_AUROC_FLOOR = 0.97
+PNEUMONIA_ACCURACY_FLOOR = 0.90
 
 
 def _session(path) -> ort.InferenceSession:
@@ -45,23 +51,45 @@ def test_shipped_manifests_state_provenance_metrics_and_use() -> None:
     assert size <= 20 * 1024 * 1024, f"registry/ is {size / 2**20:.1f} MB, the limit is 20 MB"
 
 
+def _calibrated_probabilities(classifier, images: np.ndarray) -> np.ndarray:
+    """The shipped graph's probabilities with the manifest's calibration, as the service reports them."""
+    spec = PreprocessSpec.from_dict(classifier.manifest.preprocess)
+    x = np.stack([preprocess(from_array(image) if isinstance(image, np.ndarray) else decode_file(image), spec)
+                  for image in images])  # fmt: skip
+    raw = _session(classifier.path).run(["probabilities"], {"input": x})[0]
+    return calibrate(raw, classifier.manifest.labels, classifier.manifest.calibration)
+
+
 def test_shipped_classifier_scores_the_nih1000_test_folder() -> None:
+    """The issue's figure on the 200 images of nih1000/test (measured at release: see NIH_TEST_MEAN_FLOOR)."""
     csv = require_shared("nih1000", "Data_Entry_subset.csv")
     test_folder = csv.parent / "test"
     classifier = _model_set().classifier
     table = datasets.nih_chestxray14(csv, csv.parent)
     rows = [i for i, path in enumerate(table.paths) if test_folder in path.parents]
-    held_out = table.subset(rows)
-    spec = PreprocessSpec.from_dict(classifier.manifest.preprocess)
-    x = np.stack([preprocess(decode_file(path), spec) for path in held_out.paths])
-    probabilities = _session(classifier.path).run(["probabilities"], {"input": x})[0]
+    held_out = table.subset(rows).select_labels(NIH1000_LABELS)
+    probabilities = _calibrated_probabilities(classifier, held_out.paths)
     labels = list(classifier.manifest.labels)
-    truth = held_out.select_labels(labels).labels
-    aurocs = {name: metrics.auroc(truth[:, k], probabilities[:, k]) for k, name in enumerate(labels)}
-    scored = {name: value for name, value in aurocs.items() if value is not None}
-    mean = float(np.mean(list(scored.values())))
-    print(f"shipped classifier on {len(rows)} nih1000/test images: mean AUROC {mean:.3f} {scored}")
-    assert mean >= 0.60
+    aurocs = {name: metrics.auroc(held_out.labels[:, k], probabilities[:, labels.index(name)])
+              for k, name in enumerate(NIH1000_LABELS)}  # fmt: skip
+    mean = float(np.mean(list(aurocs.values())))
+    print(f"shipped classifier on {len(rows)} nih1000/test images: mean AUROC {mean:.3f} {aurocs}")
+    assert mean >= NIH_TEST_MEAN_FLOOR
+
+
+def test_shipped_classifier_scores_the_pneumoniamnist_test_split() -> None:
+    """PneumoniaMNIST's official test split (624 films): AUROC, and accuracy at the calibrated threshold."""
+    npz = require_shared("pneumoniamnist", "pneumoniamnist.npz")
+    with np.load(npz) as data:
+        images, truth = data["test_images"], data["test_labels"][:, 0]
+    classifier = _model_set().classifier
+    k = list(classifier.manifest.labels).index("Pneumonia")
+    probability = _calibrated_probabilities(classifier, images)[:, k]
+    accuracy = float(np.mean((probability >= classifier.manifest.thresholds["Pneumonia"]) == (truth == 1)))
+    auroc = metrics.auroc(truth, probability)
+    print(f"shipped classifier on {len(truth)} PneumoniaMNIST test films: AUROC {auroc:.4f}, accuracy {accuracy:.3f}")
+    assert auroc >= PNEUMONIA_AUROC_FLOOR
+    assert accuracy >= PNEUMONIA_ACCURACY_FLOOR
 
 
 def test_shipped_outlier_gate_passes_held_out_chest_films() -> None:

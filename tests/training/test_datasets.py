@@ -129,6 +129,8 @@ def test_positive_weights_ignores_missing_and_clips():
     labels = np.array([[1, 0, np.nan], [0, 0, np.nan], [0, 0, 1], [0, 1, 0]], dtype=np.float32)
     data = LabelledImages(["a", "b", "c"], labels, arrays=np.zeros((4, 8, 8), np.uint8))
     np.testing.assert_allclose(positive_weights(data), [3.0, 3.0, 1.0])
+    mostly_positive = LabelledImages(["p"], np.array([[1], [1], [1], [1], [0]]), arrays=np.zeros((5, 8, 8), np.uint8))
+    np.testing.assert_allclose(positive_weights(mostly_positive), [0.25])  # the rarer negatives weigh as much
     no_positive = LabelledImages(["x"], np.zeros((5, 1)), arrays=np.zeros((5, 8, 8), np.uint8))
     assert positive_weights(no_positive)[0] == 50.0
     assert positive_weights(data, clip=(1.0, 2.0)).max() == 2.0
@@ -505,6 +507,6 @@ def test_preprocess_all_other_spec_and_progress(nih, capsys):
 @needs_nih
 def test_positive_weights_on_nih(nih):
     weights = dict(zip(nih.label_names, positive_weights(nih), strict=True))
-    assert weights[ABNORMAL] == 1.0  # 499 / 501, clipped at 1
+    assert weights[ABNORMAL] == pytest.approx(499 / 501)
     assert weights["Effusion"] == pytest.approx(830 / 170)
     assert weights["Hernia"] == 50.0  # 991 / 9 = 110, clipped
