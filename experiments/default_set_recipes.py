@@ -100,6 +100,14 @@ RECIPES: dict[str, tuple[str, list[str]]] = {
         "slim_resnet18 w16",
         [*NIH5, *BASE, "--pos-weight", "--backbone", "slim_resnet18", "--width", "16", "--epochs", "20"],
     ),
+    "nih-slim16s16": (
+        "slim_resnet18_s16 w16 (no stem max pool: stride 16, 4x4 maps)",
+        [*NIH5, *BASE, "--pos-weight", "--backbone", "slim_resnet18_s16", "--width", "16", "--epochs", "20"],
+    ),
+    "pn-slim16s16-20ep": (
+        "slim_resnet18_s16 w16, 20 epochs",
+        [*PN, *BASE, "--backbone", "slim_resnet18_s16", "--width", "16", "--epochs", "20"],
+    ),
     "nih-slim24": (
         "slim_resnet18 w24",
         [*NIH5, *BASE, "--pos-weight", "--backbone", "slim_resnet18", "--width", "24", "--epochs", "20"],
@@ -147,7 +155,6 @@ RECIPES: dict[str, tuple[str, list[str]]] = {
             [*PN, *BASE, "--backbone", "slim_resnet18", "--width", "16", "--epochs", "10", *flags],
         )
         for key, (what, flags) in {
-            "pw": ("pos-weight", ["--pos-weight"]),
             "ls": ("label smoothing 0.1", ["--label-smoothing", "0.1"]),
             "aug2": ("augmentation ranges x2", ["--augment-strength", "2"]),
             "hflip": ("+ horizontal flips", ["--hflip"]),
@@ -155,6 +162,16 @@ RECIPES: dict[str, tuple[str, list[str]]] = {
             "noema": ("no EMA", ["--ema-decay", "0"]),
             "28": ("at the native 28 px", ["--input-size", "28"]),
             "up128": ("input upsampled to 128 px", ["--input-size", "128"]),
+            "minmax": ("min-max intensity normalisation (not percentile)", ["--normalisation", "minmax"]),
+            "nonorm": ("no per-image intensity normalisation", ["--normalisation", "none"]),
+            "sgd": (
+                "SGD lr 0.05 (Nesterov), no EMA",
+                ["--optimizer", "sgd", "--lr", "0.05", "--ema-decay", "0", "--weight-decay", "1e-4"],
+            ),
+            "balanced": ("pos-weight balancing the rarer normals (weight < 1 on pneumonia)", ["--pos-weight"]),
+            "40ep": ("40 epochs", ["--epochs", "40"]),
+            "20ep-balanced": ("20 epochs, pos-weight balancing", ["--epochs", "20", "--pos-weight"]),
+            "w24-20ep": ("width 24, 20 epochs", ["--width", "24", "--epochs", "20"]),
         }.items()
     },
     "merged-small32": (
@@ -183,6 +200,7 @@ RECIPES: dict[str, tuple[str, list[str]]] = {
 # name -> (what, [(member recipe, members with init seeds split, split + 100, ...)]); every member on one split seed
 ENSEMBLES: dict[str, tuple[str, list[tuple[str, int]]]] = {
     "ens-nih-small32x3": ("3 x nih-small32 (init seeds), logits averaged", [("nih-small32", 3)]),
+    "ens-pn-slim16-20ep-x3": ("3 x pn-slim16-20ep (init seeds)", [("pn-slim16-20ep", 3)]),
     "default-set": (
         "the shipped classifier: default-nih members + default-pn members in one graph",
         [("default-nih", DEFAULT_NIH_MEMBERS), ("default-pn", DEFAULT_PNEUMONIA_MEMBERS)],

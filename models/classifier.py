@@ -18,11 +18,12 @@ import torchvision
 from torch import Tensor, nn
 
 BACKBONES: tuple[str, ...] = (
-    "small_cnn", "slim_resnet18", "resnet18", "resnet34", "resnet50", "densenet121", "efficientnet_b0"
+    "small_cnn", "slim_resnet18", "slim_resnet18_s16",
+    "resnet18", "resnet34", "resnet50", "densenet121", "efficientnet_b0",
 )  # fmt: skip
 
 # total stride of each encoder's feature map relative to the input
-ENCODER_STRIDE: dict[str, int] = {name: 32 for name in BACKBONES} | {"small_cnn": 16}
+ENCODER_STRIDE: dict[str, int] = {name: 32 for name in BACKBONES} | {"small_cnn": 16, "slim_resnet18_s16": 16}
 
 
 @dataclass
@@ -102,18 +103,20 @@ def small_cnn(in_channels: int = 1, width: int = 32) -> nn.Sequential:
     return encoder
 
 
-def slim_resnet18(in_channels: int = 1, width: int = 32) -> nn.Sequential:
+def slim_resnet18(in_channels: int = 1, width: int = 32, max_pool: bool = True) -> nn.Sequential:
     """ResNet-18's topology (7x7 stride-2 stem, max pool, 4 stages of 2 basic blocks, total stride 32) with stage
     widths w, 2w, 4w, 8w instead of 64..512: w = 64 is torchvision's resnet18 (same module names), w = 16-32 keeps
-    its inductive bias at a fraction of the parameters (11.2M at w = 64, 2.8M at 32, 0.7M at 16)."""
+    its inductive bias at a fraction of the parameters (11.2M at w = 64, 2.8M at 32, 0.7M at 16). Without the max
+    pool (`slim_resnet18_s16`) the total stride is 16: 4x4 class activation maps at 64 px instead of 2x2."""
     from torchvision.models.resnet import BasicBlock, conv1x1
 
     layers: OrderedDict[str, nn.Module] = OrderedDict(
         conv1=nn.Conv2d(in_channels, width, kernel_size=7, stride=2, padding=3, bias=False),
         bn1=nn.BatchNorm2d(width),
         relu=nn.ReLU(inplace=True),
-        maxpool=nn.MaxPool2d(kernel_size=3, stride=2, padding=1),
     )
+    if max_pool:
+        layers["maxpool"] = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
     inplanes = width
     for i, (mult, stride) in enumerate(((1, 1), (2, 2), (4, 2), (8, 2)), start=1):
         planes = width * mult
@@ -155,8 +158,8 @@ def build_encoder(backbone: str, in_channels: int = 1, width: int = 32) -> tuple
     check_backbone(backbone)
     if backbone == "small_cnn":
         return small_cnn(in_channels, width), 8 * width
-    if backbone == "slim_resnet18":
-        return slim_resnet18(in_channels, width), 8 * width
+    if backbone in ("slim_resnet18", "slim_resnet18_s16"):
+        return slim_resnet18(in_channels, width, max_pool=backbone == "slim_resnet18"), 8 * width
     if backbone.startswith("resnet"):
         net = getattr(torchvision.models, backbone)(weights=None)
         net.conv1 = _replace_conv(net.conv1, in_channels)

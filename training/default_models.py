@@ -19,6 +19,7 @@ from models.registry import Registry
 from training import common, ensemble, train_autoencoder, train_classifier
 from training.export import ExportOptions, export_checkpoint
 from training.recipes import (
+    DEFAULT_AUTOENCODER,
     DEFAULT_NIH_MEMBER,
     DEFAULT_NIH_MEMBERS,
     DEFAULT_PNEUMONIA_MEMBER,
@@ -38,7 +39,6 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--registry", type=Path, default=root / "registry", help="registry root to export into")
     parser.add_argument("--work-dir", type=Path, default=root / "runs" / "default-models", help="checkpoints")
     parser.add_argument("--seed", type=int, default=0, help="split seed; members are initialised from seed + 100 j")
-    parser.add_argument("--ae-epochs", type=int, default=15, help="autoencoder epochs")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     return parser
 
@@ -88,7 +88,7 @@ def train_gate_autoencoder(args: argparse.Namespace) -> dict:
     paths = data_paths(args.shared_data)
     argv = [
         *("--data", f"nih:{paths['nih_csv']}", "--val-fraction", NIH_VAL_FRACTION),
-        *("--test-images-under", str(paths["nih_test"]), "--epochs", str(args.ae_epochs), "--input-size", "64"),
+        *("--test-images-under", str(paths["nih_test"]), "--split-seed", str(args.seed), *DEFAULT_AUTOENCODER),
         *("--output-dir", str(args.work_dir / "autoencoder"), "--threads", str(args.threads), "--quiet"),
     ]
     return train_autoencoder.main(train_autoencoder.get_args_parser().parse_args(argv))

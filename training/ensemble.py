@@ -68,6 +68,20 @@ def _shared_settings(members: list[dict[str, Any]], paths: list[Path]) -> dict[s
     return {**{key: first_args.get(key) for key in SPLIT_SETTINGS}, "data": data}
 
 
+def _calibration_origins(members: list[dict[str, Any]]) -> dict[str, set[str]]:
+    """{label: the sources of the validation images of the members that predict it}: PneumoniaMNIST's Pneumonia is
+    calibrated on PneumoniaMNIST films, not on the NIH films whose table also has a Pneumonia column."""
+    origins: dict[str, set[str]] = {}
+    by_data: dict[str, set[str]] = {}
+    for member in members:
+        key = json.dumps(member["args"]["data"])
+        if key not in by_data:
+            by_data[key] = set(checkpoints.splits_from_checkpoint(member)["val"].origins)
+        for label in member["labels"]:
+            origins.setdefault(label, set()).update(by_data[key])
+    return origins
+
+
 def main(args: argparse.Namespace) -> dict[str, Any]:
     _, device, out_dir = common.start_run(args)
     paths = [Path(p) for p in args.members]
@@ -94,7 +108,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     splits = checkpoints.splits_from_checkpoint(payload)
     payload["data"] = {name: split.summary() for name, split in splits.items()}
     spec = PreprocessSpec.from_dict(payload["spec"])
-    scored = calibrate_and_test(model.to(device).eval(), splits, spec, labels, device, args)
+    origins = _calibration_origins(members)
+    scored = calibrate_and_test(model.to(device).eval(), splits, spec, labels, device, args, origins)
     payload.update(thresholds=scored.thresholds, calibration=scored.calibration, metrics=scored.summary)
     checkpoints.save_checkpoint(out_dir / "model.ckpt", payload)
     report = {**scored.summary, "thresholds": scored.thresholds, "calibration": scored.calibration}

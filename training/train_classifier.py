@@ -61,7 +61,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         "--schedule", choices=("cosine", "onecycle", "constant"), default="cosine", help="learning-rate schedule"
     )
     optim.add_argument("--warmup-epochs", type=float, default=1.0, help="linear warm-up (cosine schedule)")
-    optim.add_argument("--pos-weight", action="store_true", help="weight positives by neg/pos per label (either class rarer)")
+    optim.add_argument(
+        "--pos-weight", action="store_true", help="weight positives by neg/pos per label (either class rarer)"
+    )
     optim.add_argument("--ema-decay", type=float, default=0.0, help="weight averaging (EMA) decay, 0 = off")
     optim.add_argument("--label-smoothing", type=float, default=0.0, help="targets 0/1 -> s/2 and 1 - s/2")
     optim.add_argument(
@@ -318,11 +320,26 @@ class Scored:
     summary: dict[str, Any]  # split name, mean AUROC, per-label and per-source tables, uncalibrated ECE
 
 
-def calibrate_and_test(model: torch.nn.Module, splits, spec, labels: tuple[str, ...], device, args) -> Scored:
+def calibrate_and_test(
+    model: torch.nn.Module,
+    splits,
+    spec,
+    labels: tuple[str, ...],
+    device,
+    args,
+    calibration_origins: dict[str, set[str]] | None = None,
+) -> Scored:
     """Platt calibration and thresholds from the validation split (its AUROCs reported too), then the metrics on the
-    test split (the validation split when there is none). `args` gives target_sensitivity, bootstrap, seed, quiet."""
+    test split (the validation split when there is none). `args` gives target_sensitivity, bootstrap, seed, quiet.
+
+    `calibration_origins` {label: origins}: fit a label only on the validation images of these sources (an
+    ensemble's label is calibrated on the sources its members learned it from, not on another source that happens
+    to carry the same label); the test metrics still cover every source."""
     val_loader = common.loader(ImageTensorDataset(splits["val"], spec), 256, shuffle=False)
     val_raw, val_y = _predict_probabilities(model, val_loader, device)
+    for k, label in enumerate(labels):
+        if calibration_origins is not None and label in calibration_origins:
+            val_y[~np.isin(splits["val"].origins, list(calibration_origins[label])), k] = np.nan
     calibration = calibrate.platt_parameters(labels, val_y, val_raw)
     val_prob = calibrated(val_raw, labels, calibration)
     thresholds = calibrate.label_thresholds(labels, val_y, val_prob, target_sensitivity=args.target_sensitivity)
