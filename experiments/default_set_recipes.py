@@ -180,6 +180,14 @@ RECIPES: dict[str, tuple[str, list[str]]] = {
     ),
     # the shipped members (training.recipes), with the split flags every member of one ensemble shares
     "default-nih": ("the shipped NIH member", [*NIH5, *DEFAULT_NIH_MEMBER]),
+    "w16-nih": (
+        "NIH member: slim_resnet18 w16, 20 ep, pos-weight",
+        [*NIH5, *BASE, "--pos-weight", "--backbone", "slim_resnet18", "--width", "16", "--epochs", "20"],
+    ),
+    "w16-pn": (
+        "PneumoniaMNIST member: slim_resnet18 w16, 20 ep",
+        [*PN, *NIH[-4:], *BASE, "--backbone", "slim_resnet18", "--width", "16", "--epochs", "20"],
+    ),
     "default-pn": ("the shipped PneumoniaMNIST member", [*PN, *NIH[-4:], *DEFAULT_PNEUMONIA_MEMBER]),
     # PneumoniaMNIST alone
     "pn-small32": ("small_cnn w32 at 64 px (28 px upsampled)", [*PN, *BASE, "--epochs", "10"]),
@@ -201,6 +209,11 @@ RECIPES: dict[str, tuple[str, list[str]]] = {
 ENSEMBLES: dict[str, tuple[str, list[tuple[str, int]]]] = {
     "ens-nih-small32x3": ("3 x nih-small32 (init seeds), logits averaged", [("nih-small32", 3)]),
     "ens-pn-slim16-20ep-x3": ("3 x pn-slim16-20ep (init seeds)", [("pn-slim16-20ep", 3)]),
+    "w16-set31": ("3 x w16-nih + 1 x w16-pn in one graph", [("w16-nih", 3), ("w16-pn", 1)]),
+    "w12-set33": (
+        "3 x default-nih + 3 x default-pn (slim_resnet18 w12) in one graph",
+        [("default-nih", 3), ("default-pn", 3)],
+    ),
     "default-set": (
         "the shipped classifier: default-nih members + default-pn members in one graph",
         [("default-nih", DEFAULT_NIH_MEMBERS), ("default-pn", DEFAULT_PNEUMONIA_MEMBERS)],

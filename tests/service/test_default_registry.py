@@ -16,10 +16,12 @@ from tests.conftest import ABSOLUTE_PATH, PROJECT_ROOT, onnx_strings, require_sh
 from training import datasets, metrics
 
 SHIPPED = Registry(PROJECT_ROOT / "registry")
-# a little below what the shipped files measure (experiments/results/default_set_through_server.json)
-NIH_TEST_MEAN_FLOOR = 0.70
-PNEUMONIA_AUROC_FLOOR = 0.97
-PNEUMONIA_ACCURACY_FLOOR = 0.90
+# a little below what the shipped files measure (experiments/results/default_set_through_server.json, through the
+# server with the int8 variant: NIH1000 test folder mean AUROC 0.727, PneumoniaMNIST test AUROC 0.971 and accuracy
+# 0.912 at the calibrated threshold; the fp32 graph here: 0.730, 0.972, 0.912)
+NIH_TEST_MEAN_FLOOR = 0.71
+PNEUMONIA_AUROC_FLOOR = 0.965
+PNEUMONIA_ACCURACY_FLOOR = 0.89
 
 
 def _session(path) -> ort.InferenceSession:
