@@ -149,6 +149,22 @@ RECIPES: dict[str, tuple[str, list[str]]] = {
         "NIH + PneumoniaMNIST in one slim_resnet18 w16",
         [*MERGED, *BASE, "--pos-weight", "--backbone", "slim_resnet18", "--width", "16", "--epochs", "15"],
     ),
+    "merged-slim16-pn4": (
+        "merged-slim16 with PneumoniaMNIST's loss weighted x4 (--label-weights Pneumonia=4)",
+        [
+            *MERGED,
+            *BASE,
+            "--pos-weight",
+            "--backbone",
+            "slim_resnet18",
+            "--width",
+            "16",
+            "--epochs",
+            "15",
+            "--label-weights",
+            "Pneumonia=4",
+        ],
+    ),
     **{
         f"pn-slim16-{key}": (
             what,

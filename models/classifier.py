@@ -85,6 +85,14 @@ def _conv_bn_relu(cin: int, cout: int, stride: int) -> nn.Sequential:
     )
 
 
+def _he_initialised(encoder: nn.Sequential) -> nn.Sequential:
+    """Kaiming-normal (fan-out) weights in every convolution, as torchvision's ResNets start."""
+    for module in encoder.modules():
+        if isinstance(module, nn.Conv2d):
+            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+    return encoder
+
+
 def small_cnn(in_channels: int = 1, width: int = 32) -> nn.Sequential:
     """4 stages of (3x3 stride-2 conv, 3x3 conv), each conv-BN-ReLU: channels w, 2w, 4w, 8w; total stride 16.
 
@@ -96,11 +104,7 @@ def small_cnn(in_channels: int = 1, width: int = 32) -> nn.Sequential:
         cout = width * mult
         stages[f"stage{i}"] = nn.Sequential(_conv_bn_relu(cin, cout, 2), _conv_bn_relu(cout, cout, 1))
         cin = cout
-    encoder = nn.Sequential(stages)
-    for module in encoder.modules():
-        if isinstance(module, nn.Conv2d):
-            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-    return encoder
+    return _he_initialised(nn.Sequential(stages))
 
 
 def slim_resnet18(in_channels: int = 1, width: int = 32, max_pool: bool = True) -> nn.Sequential:
@@ -127,11 +131,7 @@ def slim_resnet18(in_channels: int = 1, width: int = 32, max_pool: bool = True) 
             BasicBlock(inplanes, planes, stride, downsample), BasicBlock(planes, planes)
         )
         inplanes = planes
-    encoder = nn.Sequential(layers)
-    for module in encoder.modules():
-        if isinstance(module, nn.Conv2d):
-            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-    return encoder
+    return _he_initialised(nn.Sequential(layers))
 
 
 def _replace_conv(conv: nn.Conv2d, in_channels: int) -> nn.Conv2d:

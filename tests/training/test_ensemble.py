@@ -9,9 +9,12 @@ import torch
 
 from models.classifier import ClassifierConfig
 from models.ensemble import ClassifierEnsemble, EnsembleConfig
+from models.preprocessing import PreprocessSpec
 from models.registry import Registry
-from training import checkpoints, common, ensemble, export, train_classifier
+from tests.conftest import require_shared
+from training import calibrate, checkpoints, common, ensemble, export, train_classifier
 from training.augment import AugmentConfig
+from training.datasets import preprocess_all
 
 torch.set_num_threads(1)
 
@@ -136,3 +139,31 @@ def test_augmentation_strength_scales_the_default_ranges() -> None:
     double = AugmentConfig.scaled(2.0)
     assert double.max_rotation == 2 * AugmentConfig().max_rotation
     assert np.allclose(double.scale, (0.8, 1.2))
+
+
+def test_a_label_is_calibrated_on_the_validation_films_of_its_members_source(tmp_path) -> None:
+    """NIH's table has a Pneumonia column too; the PneumoniaMNIST member's Pneumonia is fitted on PneumoniaMNIST
+    validation films only (one-epoch members on the real sets: what matters is which rows are used)."""
+    csv = require_shared("nih1000", "Data_Entry_subset.csv")
+    npz = require_shared("pneumoniamnist", "pneumoniamnist.npz")
+    split = ["--val-fraction", "0.15", "--test-images-under", str(csv.parent / "test"), "--input-size", "32",
+             "--width", "8", "--epochs", "1", "--threads", "1", "--quiet", "--bootstrap", "0"]  # fmt: skip
+    runs = {"nih": ["--data", f"nih:{csv}", "--labels", "Abnormal"], "pn": ["--data", f"medmnist:{npz}"]}
+    members = [
+        train_classifier.main(train_classifier.get_args_parser().parse_args([*argv, *split, "--output-dir",
+                                                                             str(tmp_path / name)]))["checkpoint"]
+        for name, argv in runs.items()
+    ]  # fmt: skip
+    args = ensemble.get_args_parser().parse_args([*map(str, members), "--output-dir", str(tmp_path / "e"), "--quiet"])
+    checkpoint = checkpoints.load_checkpoint(ensemble.main(args)["checkpoint"])
+    val = checkpoints.splits_from_checkpoint(checkpoint)["val"]
+    assert set(val.origins) == {"nih:nih1000", "medmnist:pneumoniamnist:val"}
+    assert np.isfinite(val.labels[val.origins == "nih:nih1000", 1]).any()  # NIH films do carry Pneumonia labels
+    own = val.subset(np.flatnonzero(val.origins == "medmnist:pneumoniamnist:val"))
+    x = torch.from_numpy(preprocess_all(own, PreprocessSpec.from_dict(checkpoint["spec"])))
+    with torch.no_grad():
+        raw = torch.sigmoid(checkpoints.model_from_checkpoint(checkpoint)(x)).numpy()
+    expected = calibrate.platt_parameters(["Pneumonia"], own.labels[:, 1:], raw[:, 1:])
+    fitted = checkpoint["calibration"]
+    assert fitted["fitted_on"]["known_labels"]["Pneumonia"] == expected["fitted_on"]["known_labels"]["Pneumonia"]
+    assert fitted["labels"]["Pneumonia"] == pytest.approx(expected["labels"]["Pneumonia"], rel=1e-4)
