@@ -4,12 +4,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 import pytest
+import torch
 
-torch = pytest.importorskip("torch")
-
-from models.autoencoder import MASK_PATCH, AutoencoderConfig, AutoencoderScorer, ConvAutoencoder  # noqa: E402
-from models.classifier import ClassifierConfig, XRayClassifier, load_encoder_weights  # noqa: E402
+from models.autoencoder import MASK_PATCH, AutoencoderConfig, AutoencoderScorer, ConvAutoencoder
+from models.classifier import ClassifierConfig, XRayClassifier, load_encoder_weights
 
 
 @pytest.fixture(autouse=True)
@@ -133,8 +133,6 @@ def test_denoising_training_step_reduces_the_loss() -> None:
 
 
 def test_onnx_export_of_reconstruction_error_matches_torch(tmp_path: Path) -> None:
-    ort = pytest.importorskip("onnxruntime")
-    pytest.importorskip("onnxscript")
     model = _ae()
     path = tmp_path / "autoencoder.onnx"
     torch.onnx.export(

@@ -4,12 +4,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 import pytest
+import torch
+import torchvision
 
-torch = pytest.importorskip("torch")
-torchvision = pytest.importorskip("torchvision")
-
-from models.classifier import (  # noqa: E402
+from models.classifier import (
     BACKBONES,
     ClassifierConfig,
     ClassifierWithCam,
@@ -18,7 +18,7 @@ from models.classifier import (  # noqa: E402
     build_encoder,
     load_encoder_weights,
 )
-from models.labels import PHANTOM_FINDINGS  # noqa: E402
+from models.labels import PHANTOM_FINDINGS
 
 LABELS = ("Abnormal", "Effusion", "Nodule")
 
@@ -182,8 +182,6 @@ def test_load_encoder_weights_names_expected_and_received_keys_when_nothing_matc
 
 @pytest.mark.parametrize("backbone", ["small_cnn", "slim_resnet18", "resnet18"])
 def test_onnx_export_of_logits_and_cams_matches_torch(backbone: str, tmp_path: Path) -> None:
-    ort = pytest.importorskip("onnxruntime")
-    pytest.importorskip("onnxscript")
     model = _model(backbone, width=8)
     path = tmp_path / "model.onnx"
     batch = torch.export.Dim("batch")

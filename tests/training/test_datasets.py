@@ -137,7 +137,6 @@ def test_positive_weights_ignores_missing_and_clips():
 
 
 def test_phantom_dataset_has_abnormal_first():
-    pytest.importorskip("models.phantoms", reason="models.phantoms is not written yet")
     data = phantom_dataset(12, size=64, seed=1, prevalence=0.5)
     assert data.label_names == (ABNORMAL, *PHANTOM_FINDINGS)
     np.testing.assert_array_equal(data.labels[:, 0], data.labels[:, 1:].max(axis=1))

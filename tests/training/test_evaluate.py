@@ -71,7 +71,8 @@ def test_eval_on_a_nih1000_classifier_writes_every_plot_and_the_baseline_row(nih
         assert 0.0 <= row["ece"] <= 1.0 and row["baseline_auroc"] is not None
     models = [row["model"] for row in data["comparison"]]
     assert models[0].startswith("CNN") and models[1].startswith("filter bank")
-    assert data["baseline"]["mean_auroc"] > 0.5 and len(data["baseline"]["filters"]) == 14
+    # measured: filter bank 0.643 (deterministic: fixed filters, logistic regression on the checkpoint's split)
+    assert data["baseline"]["mean_auroc"] >= 0.62 and len(data["baseline"]["filters"]) == 14
     assert data["first_layer_filters_shape"][0] == 8  # small_cnn width 8: eight first-layer filters
     assert result["report"]["images_evaluated"] == data["images_evaluated"] > 100
 
