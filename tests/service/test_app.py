@@ -426,7 +426,6 @@ def _until(condition, timeout: float = 10.0) -> None:
 
 def test_full_queue_answers_503_with_retry_after_at_once() -> None:
     import threading
-    import time
 
     release = threading.Event()
     with TestClient(create_app(service_settings(max_queue=1, max_batch_size=1, retry_after_s=3))) as local:
@@ -452,15 +451,13 @@ def test_full_queue_answers_503_with_retry_after_at_once() -> None:
         assert entered.wait(10), "the first request reached the session"
         senders[1].start()
         _until(lambda: batcher.depth == 1)  # the second waits in the queue
-        start = time.perf_counter()
+        # answered while the session is still blocked (release is set only afterwards): a 503 here did not wait
         response = local.post("/v1/predict", content=phantom_png(), headers=png)
-        waited = time.perf_counter() - start
         release.set()
         for sender in senders:
             sender.join(10)
         body = assert_problem(response, 503, "queue_full")
         assert response.headers["retry-after"] == "3" and "waiting" in body["detail"]
-        assert waited < 2.0
         assert sorted(results) == [200, 200], "the queued requests still finish"
         assert 'xray_rejections_total{reason="queue_full"} 1.0' in local.get("/metrics").text
 

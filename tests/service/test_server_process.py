@@ -182,14 +182,25 @@ def test_reload_under_load_fails_no_request(server: Server) -> None:
     threads = [threading.Thread(target=load, args=(i,)) for i in range(8)]
     for thread in threads:
         thread.start()
+    def answered_more(count: int = 10) -> None:
+        """Until `count` more requests were answered (a count, not a sleep: the load is really flowing)."""
+        with lock:
+            target = len(statuses) + count
+        for _ in range(1200):  # a hang guard, not a timing: 60 s
+            with lock:
+                if len(statuses) >= target:
+                    return
+            time.sleep(0.05)
+        raise AssertionError(f"expected {count} more answers under load, got {len(statuses) - target + count}")
+
     try:
-        time.sleep(1.0)
+        answered_more()
         registry.promote("chest-classifier", new_version)
         first = httpx.post(f"{server.url}/v1/models/reload", headers=admin, timeout=60)
-        time.sleep(1.0)
+        answered_more()
         registry.rollback("chest-classifier")
         second = httpx.post(f"{server.url}/v1/models/reload", headers=admin, timeout=60)
-        time.sleep(1.0)
+        answered_more()
     finally:
         stop.set()
         for thread in threads:
