@@ -8,7 +8,10 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint bench venv clean default-models
+GPU_VENV := .venv-gpu
+GPU_STAMP := $(GPU_VENV)/.installed
+
+.PHONY: demo test test-gpu lint bench venv clean default-models
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -30,12 +33,25 @@ test: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+# GPU tests (tests/service/test_gpu.py) in their own venv: onnxruntime-gpu replaces onnxruntime (the two conflict in
+# one environment). On a machine without a usable GPU they skip, saying why.
+$(GPU_STAMP): pyproject.toml
+	test -x $(GPU_VENV)/bin/python || $(PYTHON) -m venv $(GPU_VENV)
+	$(GPU_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(GPU_VENV)/bin/python -m pip install --quiet -e '.[train,test]'
+	$(GPU_VENV)/bin/python -m pip uninstall --quiet --yes onnxruntime
+	$(GPU_VENV)/bin/python -m pip install --quiet -e '.[gpu]'
+	touch $(GPU_STAMP)
+
+test-gpu: $(GPU_STAMP)
+	$(GPU_VENV)/bin/python -m pytest tests/service/test_gpu.py -rs $(PYTEST_ARGS)
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check . || true
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) $(GPU_VENV) .pytest_cache .ruff_cache .hypothesis
 
 # Retrain the default model set shipped in registry/ (needs ../shared/data; about 10 minutes on 2 cores).
 default-models: $(STAMP)

@@ -50,11 +50,30 @@ def copy_registry(target: Path) -> Registry:
     return Registry(target)
 
 
-def add_classifier_version(registry: Registry) -> int:
-    """Register the shipped classifier's ONNX file again as a new version (a stand-in for a retrained model)."""
+def add_classifier_version(registry: Registry, tmp_dir: Path, *, scale: float = 0.5, cam: bool = True) -> int:
+    """Register a changed copy of the shipped classifier as a new version (a stand-in for a retrained model): its
+    probabilities multiplied by `scale` inside the graph, so its outputs differ from the shipped ones; `cam=False`
+    also drops the class-activation-map output (a model exported without CAMs)."""
+    import onnx
+    from onnx import TensorProto, helper
+
     current = registry.resolve("chest-classifier")
+    model = onnx.load(str(current.path))
+    graph = model.graph
+    producer = next(node for node in graph.node if "probabilities" in node.output)
+    producer.output[list(producer.output).index("probabilities")] = "unscaled_probabilities"
+    graph.initializer.append(helper.make_tensor("probability_scale", TensorProto.FLOAT, [], [scale]))
+    graph.node.append(helper.make_node("Mul", ["unscaled_probabilities", "probability_scale"], ["probabilities"]))
     fields = current.manifest.model_dump(exclude={"name", "version", "onnx_sha256", "onnx_bytes", "created_at"})
-    return registry.add_version("chest-classifier", current.path, fields).version
+    if not cam:
+        kept = [output for output in graph.output if output.name != "cam"]
+        del graph.output[:]
+        graph.output.extend(kept)
+        fields["cam"] = None
+        fields["outputs"] = [output for output in fields["outputs"] if output["name"] != "cam"]
+    path = tmp_dir / f"classifier-x{scale}{'' if cam else '-no-cam'}.onnx"
+    onnx.save_model(model, str(path))
+    return registry.add_version("chest-classifier", path, fields).version
 
 
 @pytest.fixture(scope="module")

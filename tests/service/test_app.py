@@ -519,10 +519,16 @@ def test_readyz_is_503_when_a_session_fails(monkeypatch) -> None:
         assert local.get("/healthz").status_code == 200
 
 
-def test_heatmaps_from_a_model_without_cams_are_refused_before_decoding(monkeypatch) -> None:
-    with TestClient(create_app(service_settings())) as local:
+def test_heatmaps_from_a_model_without_cams_are_refused_before_decoding(monkeypatch, tmp_path) -> None:
+    """A classifier exported without its CAM output (a real ONNX file without it, promoted in a registry copy)."""
+    from tests.service.conftest import add_classifier_version, copy_registry
+
+    registry = copy_registry(tmp_path / "registry")
+    registry.promote("chest-classifier", add_classifier_version(registry, tmp_path, scale=1.0, cam=False))
+    with TestClient(create_app(service_settings(registry_dir=registry.root))) as local:
+        plain = local.post("/v1/predict", content=phantom_png(), headers={"content-type": "image/png"})
+        assert plain.status_code == 200 and plain.json()["models"]["classifier"]["version"] == 2
         pipeline = local.app.state.manager.current
-        monkeypatch.setattr(pipeline, "cam_output", None)
         monkeypatch.setattr(pipeline, "prepare", lambda data: pytest.fail("decoded although it must refuse first"))
         response = local.post("/v1/predict?heatmaps=true", content=phantom_png(), headers={"content-type": "image/png"})
         assert_problem(response, 409, "no_heatmaps")

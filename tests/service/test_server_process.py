@@ -160,10 +160,11 @@ def test_reload_under_load_fails_no_request(server: Server) -> None:
 
     registry = Registry(server.registry_dir)
     admin = {"x-api-key": server.admin_key}
-    new_version = add_classifier_version(registry)
+    new_version = add_classifier_version(registry, server.registry_dir.parent)  # probabilities halved in the graph
     stop = threading.Event()
     statuses: list[int] = []
     served: set[str] = set()
+    abnormal: dict[tuple[str, int], float] = {}  # (model, worker's image) -> the Abnormal probability it answered
     lock = threading.Lock()
     images = _images(8)
 
@@ -176,12 +177,15 @@ def test_reload_under_load_fails_no_request(server: Server) -> None:
                 with lock:
                     statuses.append(response.status_code)
                     if response.status_code == 200:
-                        model = response.json()["models"]["classifier"]
+                        body = response.json()
+                        model = body["models"]["classifier"]
                         served.add(f"{model['name']}@{model['version']}")
+                        abnormal[(f"{model['name']}@{model['version']}", worker)] = body["abnormal"]["probability"]
 
     threads = [threading.Thread(target=load, args=(i,)) for i in range(8)]
     for thread in threads:
         thread.start()
+
     def answered_more(count: int = 10) -> None:
         """Until `count` more requests were answered (a count, not a sleep: the load is really flowing)."""
         with lock:
@@ -210,6 +214,16 @@ def test_reload_under_load_fails_no_request(server: Server) -> None:
     assert len(statuses) > 20
     assert set(statuses) == {200}, f"failed requests during reload: {sorted(set(statuses))}"
     assert f"chest-classifier@{new_version}" in served and "chest-classifier-int8@1" in served
+    # the new version really answered: the same films got other probabilities from it than from the shipped one
+    both = [
+        w
+        for w in range(8)
+        if (f"chest-classifier@{new_version}", w) in abnormal and ("chest-classifier-int8@1", w) in abnormal
+    ]
+    assert both
+    for worker in both:
+        new, old = abnormal[(f"chest-classifier@{new_version}", worker)], abnormal[("chest-classifier-int8@1", worker)]
+        assert abs(new - old) > 0.01, (worker, new, old)
 
 
 def test_server_logs_are_json_lines(server: Server) -> None:
