@@ -38,9 +38,10 @@ test: $(STAMP)
 $(GPU_STAMP): pyproject.toml
 	test -x $(GPU_VENV)/bin/python || $(PYTHON) -m venv $(GPU_VENV)
 	$(GPU_VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(GPU_VENV)/bin/python -m pip install --quiet -e '.[train,test]'
-	$(GPU_VENV)/bin/python -m pip uninstall --quiet --yes onnxruntime
-	$(GPU_VENV)/bin/python -m pip install --quiet -e '.[gpu]'
+	$(GPU_VENV)/bin/python -m pip install --quiet -e '.[train,test,gpu]'
+	# both wheels write the same `onnxruntime` package: remove both, then put back only the GPU build
+	$(GPU_VENV)/bin/python -m pip uninstall --quiet --yes onnxruntime onnxruntime-gpu
+	$(GPU_VENV)/bin/python -m pip install --quiet --no-deps 'onnxruntime-gpu>=1.18'  # the `gpu` extra's pin
 	touch $(GPU_STAMP)
 
 test-gpu: $(GPU_STAMP)
