@@ -50,6 +50,9 @@ NIH5 = [*NIH, "--labels", ",".join(NIH1000_LABELS)]
 PN = ["--data", f"medmnist:{PNEUMONIA}"]
 MERGED = [*NIH, "--data", f"medmnist:{PNEUMONIA}", "--labels", ",".join((*NIH1000_LABELS, "Pneumonia"))]
 BASE = ["--input-size", "64", *FAST_ADAMW]
+SLIM16 = ["--backbone", "slim_resnet18", "--width", "16"]
+NIH_SLIM16 = [*NIH5, *BASE, "--pos-weight", *SLIM16, "--epochs", "20"]
+MERGED_SLIM16 = [*MERGED, *BASE, "--pos-weight", *SLIM16, "--epochs", "15"]
 
 # name -> (what it changes, trainer flags); every recipe adds --seed/--split-seed
 RECIPES: dict[str, tuple[str, list[str]]] = {
@@ -98,7 +101,7 @@ RECIPES: dict[str, tuple[str, list[str]]] = {
     ),
     "nih-slim16": (
         "slim_resnet18 w16",
-        [*NIH5, *BASE, "--pos-weight", "--backbone", "slim_resnet18", "--width", "16", "--epochs", "20"],
+        [*NIH5, *BASE, "--pos-weight", *SLIM16, "--epochs", "20"],
     ),
     "nih-slim16s16": (
         "slim_resnet18_s16 w16 (no stem max pool: stride 16, 4x4 maps)",
@@ -116,18 +119,7 @@ RECIPES: dict[str, tuple[str, list[str]]] = {
     **{
         f"nih-slim16-{key}": (
             what,
-            [
-                *NIH5,
-                *BASE,
-                *([] if key == "nopw" else ["--pos-weight"]),
-                "--backbone",
-                "slim_resnet18",
-                "--width",
-                "16",
-                "--epochs",
-                "20",
-                *flags,
-            ],
+            [f for f in NIH_SLIM16 if not (key == "nopw" and f == "--pos-weight")] + flags,
         )
         for key, (what, flags) in {
             "ls": ("label smoothing 0.1", ["--label-smoothing", "0.1"]),
@@ -145,30 +137,15 @@ RECIPES: dict[str, tuple[str, list[str]]] = {
             ),
         }.items()
     },
-    "merged-slim16": (
-        "NIH + PneumoniaMNIST in one slim_resnet18 w16",
-        [*MERGED, *BASE, "--pos-weight", "--backbone", "slim_resnet18", "--width", "16", "--epochs", "15"],
-    ),
+    "merged-slim16": ("NIH + PneumoniaMNIST in one slim_resnet18 w16", MERGED_SLIM16),
     "merged-slim16-pn4": (
         "merged-slim16 with PneumoniaMNIST's loss weighted x4 (--label-weights Pneumonia=4)",
-        [
-            *MERGED,
-            *BASE,
-            "--pos-weight",
-            "--backbone",
-            "slim_resnet18",
-            "--width",
-            "16",
-            "--epochs",
-            "15",
-            "--label-weights",
-            "Pneumonia=4",
-        ],
+        [*MERGED_SLIM16, "--label-weights", "Pneumonia=4"],
     ),
     **{
         f"pn-slim16-{key}": (
             what,
-            [*PN, *BASE, "--backbone", "slim_resnet18", "--width", "16", "--epochs", "10", *flags],
+            [*PN, *BASE, *SLIM16, "--epochs", "10", *flags],
         )
         for key, (what, flags) in {
             "ls": ("label smoothing 0.1", ["--label-smoothing", "0.1"]),
@@ -198,11 +175,11 @@ RECIPES: dict[str, tuple[str, list[str]]] = {
     "default-nih": ("the shipped NIH member", [*NIH5, *DEFAULT_NIH_MEMBER]),
     "w16-nih": (
         "NIH member: slim_resnet18 w16, 20 ep, pos-weight",
-        [*NIH5, *BASE, "--pos-weight", "--backbone", "slim_resnet18", "--width", "16", "--epochs", "20"],
+        [*NIH5, *BASE, "--pos-weight", *SLIM16, "--epochs", "20"],
     ),
     "w16-pn": (
         "PneumoniaMNIST member: slim_resnet18 w16, 20 ep",
-        [*PN, *NIH[-4:], *BASE, "--backbone", "slim_resnet18", "--width", "16", "--epochs", "20"],
+        [*PN, *NIH[-4:], *BASE, *SLIM16, "--epochs", "20"],
     ),
     "default-pn": ("the shipped PneumoniaMNIST member", [*PN, *NIH[-4:], *DEFAULT_PNEUMONIA_MEMBER]),
     # PneumoniaMNIST alone
@@ -211,7 +188,7 @@ RECIPES: dict[str, tuple[str, list[str]]] = {
     "pn-r18": ("resnet18 at 64 px", [*PN, *BASE, "--backbone", "resnet18", "--epochs", "8"]),
     "pn-slim16": (
         "slim_resnet18 w16 at 64 px",
-        [*PN, *BASE, "--backbone", "slim_resnet18", "--width", "16", "--epochs", "10"],
+        [*PN, *BASE, *SLIM16, "--epochs", "10"],
     ),
     "pn-slim32": (
         "slim_resnet18 w32 at 64 px",

@@ -9,6 +9,7 @@ spatial mean stays the label's logit only when the members' maps have the same s
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,10 +41,6 @@ class EnsembleConfig:
         """Union of the members' labels, in order of first appearance."""
         return tuple(dict.fromkeys(label for member in self.members for label in member.labels))
 
-    @property
-    def input_size(self) -> int:
-        return self.members[0].input_size
-
     def to_dict(self) -> dict[str, Any]:
         return {"members": [member.to_dict() for member in self.members]}
 
@@ -67,15 +64,11 @@ class ClassifierEnsemble(nn.Module):
         self.members = nn.ModuleList(XRayClassifier(member) for member in config.members)
         labels = config.labels
         # mix[m] (K_m, K): member m's k-th logit contributes 1/n(label) to its label's column
-        cover = torch.zeros(len(labels))
-        for member in config.members:
-            for label in member.labels:
-                cover[labels.index(label)] += 1
+        cover = Counter(label for member in config.members for label in member.labels)
         for m, member in enumerate(config.members):
             mix = torch.zeros(len(member.labels), len(labels))
             for k, label in enumerate(member.labels):
-                j = labels.index(label)
-                mix[k, j] = 1.0 / cover[j]
+                mix[k, labels.index(label)] = 1.0 / cover[label]
             self.register_buffer(f"mix{m}", mix, persistent=False)
 
     @property

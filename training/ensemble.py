@@ -110,19 +110,9 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     spec = PreprocessSpec.from_dict(payload["spec"])
     origins = _calibration_origins(members)
     scored = calibrate_and_test(model.to(device).eval(), splits, spec, labels, device, args, origins)
-    payload.update(thresholds=scored.thresholds, calibration=scored.calibration, metrics=scored.summary)
-    checkpoints.save_checkpoint(out_dir / "model.ckpt", payload)
-    report = {**scored.summary, "thresholds": scored.thresholds, "calibration": scored.calibration}
-    (out_dir / "metrics.json").write_text(json.dumps(report, indent=2))
+    result = scored.save(out_dir, payload, scored.summary)
     print(f"ensemble of {len(members)} members, labels {', '.join(labels)} -> {out_dir / 'model.ckpt'}")
-    return {
-        "checkpoint": out_dir / "model.ckpt",
-        "metrics": scored.summary,
-        "thresholds": scored.thresholds,
-        "test_probabilities": scored.probabilities,
-        "test_labels": scored.labels,
-        "test_split": scored.split,
-    }
+    return result
 
 
 if __name__ == "__main__":

@@ -288,24 +288,9 @@ def _finalise(out_dir, base_payload, state, splits, spec, labels, device, args) 
     best = checkpoints.load_checkpoint(out_dir / "best.ckpt", kind="classifier")
     model = checkpoints.model_from_checkpoint(best).to(device)
     scored = calibrate_and_test(model, splits, spec, labels, device, args)
-    calibration, thresholds, prob, y = scored.calibration, scored.thresholds, scored.probabilities, scored.labels
     summary: dict[str, Any] = {"best_epoch": best["epoch"], **scored.summary}
     final = {**base_payload, "model": best["model"], "epoch": best["epoch"], "history": state["history"]}
-    final.update(thresholds=thresholds, calibration=calibration, metrics=summary)
-    checkpoints.save_checkpoint(out_dir / "model.ckpt", final)
-    (out_dir / "metrics.json").write_text(
-        json.dumps(
-            {**summary, "thresholds": thresholds, "calibration": calibration, "history": state["history"]}, indent=2
-        )  # fmt: skip
-    )
-    return {
-        "checkpoint": out_dir / "model.ckpt",
-        "metrics": summary,
-        "thresholds": thresholds,
-        "test_probabilities": prob,
-        "test_labels": y,
-        "test_split": scored.split,
-    }
+    return scored.save(out_dir, final, summary, history=state["history"])
 
 
 @dataclass
@@ -318,6 +303,21 @@ class Scored:
     labels: np.ndarray  # (N, K) NaN = missing
     split: LabelledImages  # the test split, or the validation split when there is no test split
     summary: dict[str, Any]  # split name, mean AUROC, per-label and per-source tables, uncalibrated ECE
+
+    def save(self, out_dir: Path, payload: dict[str, Any], summary: dict[str, Any], **extra: Any) -> dict[str, Any]:
+        """model.ckpt (`payload` + calibration, thresholds, `summary`) and metrics.json (+ `extra`); the trainer's
+        result: checkpoint path, metrics, thresholds and the held-out split with its calibrated probabilities."""
+        calibrated_part = {"thresholds": self.thresholds, "calibration": self.calibration}
+        checkpoints.save_checkpoint(out_dir / "model.ckpt", {**payload, **calibrated_part, "metrics": summary})
+        (out_dir / "metrics.json").write_text(json.dumps({**summary, **calibrated_part, **extra}, indent=2))
+        return {
+            "checkpoint": out_dir / "model.ckpt",
+            "metrics": summary,
+            "thresholds": self.thresholds,
+            "test_probabilities": self.probabilities,
+            "test_labels": self.labels,
+            "test_split": self.split,
+        }
 
 
 def calibrate_and_test(
