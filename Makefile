@@ -16,7 +16,7 @@ GPU_STAMP := $(GPU_VENV)/.installed
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
-	$(PIP) install --quiet -e '.[train,test]'
+	$(PIP) install --quiet -e '.[train,test,postgres,ray]'
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -38,7 +38,7 @@ test: $(STAMP)
 $(GPU_STAMP): pyproject.toml
 	test -x $(GPU_VENV)/bin/python || $(PYTHON) -m venv $(GPU_VENV)
 	$(GPU_VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(GPU_VENV)/bin/python -m pip install --quiet -e '.[train,test,gpu]'
+	$(GPU_VENV)/bin/python -m pip install --quiet -e '.[train,test,postgres,ray,gpu]'
 	# both wheels write the same `onnxruntime` package: remove both, then put back only the GPU build
 	$(GPU_VENV)/bin/python -m pip uninstall --quiet --yes onnxruntime onnxruntime-gpu
 	$(GPU_VENV)/bin/python -m pip install --quiet --no-deps 'onnxruntime-gpu>=1.18'  # the `gpu` extra's pin

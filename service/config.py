@@ -9,7 +9,7 @@ from typing import Annotated, Literal
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import NoDecode
 
-from models.settings import CoreSettings
+from models.settings import PROJECT_ROOT, CoreSettings
 
 
 class Settings(CoreSettings):
@@ -66,12 +66,47 @@ class Settings(CoreSettings):
     log_level: str = "INFO"
     log_json: bool = Field(default=True, description="structured JSON log lines (false: plain text)")
 
-    @field_validator("api_keys", mode="before")
+    # -- batch jobs (service.jobs) ---------------------------------------------------------------------------
+    data_dir: Path = Field(
+        default=PROJECT_ROOT / "var", description="the embedded job database and uploaded job archives live here"
+    )
+    database_url: str | None = Field(
+        default=None,
+        description="job store: a postgresql+psycopg:// URL for several replicas; default: SQLite (WAL) at "
+        "data_dir/jobs.sqlite",
+    )
+    allowed_source_roots: Annotated[list[Path], NoDecode] = Field(
+        default_factory=list,
+        description="comma-separated folders whose files jobs may read by server-side path; empty = none may",
+    )
+    jobs_engine: Literal["embedded", "ray", "off"] = Field(
+        default="embedded", description="who scores job items in `xray serve`: its own runner, Ray Data, or nobody"
+    )
+    ray_address: str | None = Field(default=None, description="Ray cluster to join (default: start a local one)")
+    ray_actors: int = Field(default=2, ge=1, description="Ray engine: scoring actors, each with its own sessions")
+    ray_num_cpus: int | None = Field(default=None, ge=1, description="CPUs of the local Ray instance (default: all)")
+    job_chunk_size: int = Field(default=32, ge=1, description="items a runner claims and commits at once")
+    job_lease_s: float = Field(
+        default=30.0, gt=0, description="a claimed item returns to the queue when its runner's heartbeat stops this long"
+    )
+    job_max_attempts: int = Field(
+        default=3, ge=1, description="an item whose runner died this many times is marked failed, not retried"
+    )
+    job_poll_s: float = Field(default=1.0, gt=0, description="how often an idle runner looks for queued items")
+    job_max_upload_bytes: int = Field(default=2 * 1024**3, ge=1, description="largest zip a job upload may be")
+    job_max_uncompressed_bytes: int = Field(default=8 * 1024**3, ge=1, description="a job zip's unpacked size limit")
+    job_max_entries: int = Field(default=50_000, ge=1, description="most entries a job zip may hold")
+    job_max_zip_ratio: float = Field(default=200.0, gt=1, description="an entry packed tighter than this is a bomb")
+
+    @field_validator("api_keys", "allowed_source_roots", mode="before")
     @classmethod
-    def _split_keys(cls, value: object) -> object:
+    def _split_commas(cls, value: object) -> object:
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
+
+    def job_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir / 'jobs.sqlite'}"
 
 
 @lru_cache
