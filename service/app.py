@@ -3,6 +3,7 @@ ONNX Runtime sessions and starts the micro-batchers; shutdown drains them."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
@@ -14,10 +15,12 @@ from fastapi.responses import RedirectResponse
 from service.admission import Admission
 from service.config import Settings, get_settings
 from service.errors import install_error_handlers
+from service.jobs.engines import start_job_engine
+from service.jobs.store import JobStore
 from service.logs import configure_logging
 from service.metrics import ServiceMetrics
 from service.middleware import RequestContextMiddleware
-from service.routes import health, models, predict
+from service.routes import health, jobs, models, predict
 from service.security import KeyRing
 from service.state import ModelManager
 
@@ -36,12 +39,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         manager = app.state.manager
         if not keyring.enabled:
             log.warning("no API keys configured (XRAY_API_KEYS): every endpoint is open")
+        app.state.jobs = await asyncio.to_thread(JobStore.open, settings.job_database_url())  # migrates first
         await manager.start()
+        engine = await start_job_engine(settings, app.state.jobs, manager, app.state.decode_pool)
         try:
             yield
         finally:
+            if engine is not None:
+                await engine.stop(settings.drain_timeout_s)
             await manager.close()
             app.state.decode_pool.shutdown(wait=True)
+            app.state.jobs.close()
 
     app = FastAPI(
         title="X-ray abnormality detection",
@@ -55,8 +63,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.manager = ModelManager(settings, metrics)
     app.state.admission = Admission(settings.max_active_uploads)
     install_error_handlers(app)
-    app.add_middleware(RequestContextMiddleware, metrics=metrics, max_upload_bytes=settings.max_upload_bytes)
-    for router in (health.router, models.router, predict.router):
+    app.add_middleware(
+        RequestContextMiddleware,
+        metrics=metrics,
+        max_upload_bytes=settings.max_upload_bytes,
+        path_limits={"/v1/jobs": settings.job_max_upload_bytes},
+    )
+    for router in (health.router, models.router, predict.router, jobs.router):
         app.include_router(router)
 
     @app.get("/", include_in_schema=False)

@@ -87,7 +87,7 @@ class Settings(CoreSettings):
     ray_num_cpus: int | None = Field(default=None, ge=1, description="CPUs of the local Ray instance (default: all)")
     job_chunk_size: int = Field(default=32, ge=1, description="items a runner claims and commits at once")
     job_lease_s: float = Field(
-        default=30.0, gt=0, description="a claimed item returns to the queue when its runner's heartbeat stops this long"
+        default=30.0, gt=0, description="claimed items return to the queue when their runner stops beating this long"
     )
     job_max_attempts: int = Field(
         default=3, ge=1, description="an item whose runner died this many times is marked failed, not retried"

@@ -2,14 +2,28 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Header, Request
 
 from service.config import Settings
 from service.errors import ProblemError
-from service.security import KeyRing, Scope, presented_key
+from service.security import KeyRing, Scope, hash_key, presented_key
 from service.state import ModelManager
+
+ANONYMOUS = "anonymous"
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: the key's id (a sha256 prefix, never the key) and scope; anonymous admin when auth is off."""
+
+    id: str
+    scope: Scope
+
+    def may_see(self, owner: str) -> bool:
+        return self.scope == "admin" or self.id == owner
 
 
 async def get_app_settings(request: Request) -> Settings:  # async: sync deps hop to a thread
@@ -29,10 +43,10 @@ def _require(needed: Scope):
         request: Request,
         authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
         x_api_key: Annotated[str | None, Header(include_in_schema=False)] = None,
-    ) -> Scope | None:
+    ) -> Principal:
         ring: KeyRing = request.app.state.keyring
         if not ring.enabled:
-            return None
+            return Principal(ANONYMOUS, "admin")
         key = presented_key(authorization, x_api_key)
         if key is None:
             raise ProblemError(
@@ -48,10 +62,11 @@ def _require(needed: Scope):
             )
         if needed == "admin" and scope != "admin":
             raise ProblemError(403, "forbidden", "this endpoint needs an admin key; the key presented is a user key")
-        return scope
+        return Principal("key-" + hash_key(key)[:16], scope)
 
     return check
 
 
 UserDep = Depends(_require("user"))
 AdminDep = Depends(_require("admin"))
+PrincipalDep = Annotated[Principal, UserDep]

@@ -16,6 +16,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from models.imaging import ImagingError
 from service.batching import BatcherClosedError, QueueFullError
+from service.jobs.sources import SourceError
 from service.pipeline import NoHeatmapsError, UnknownLabelError
 from service.state import NotReadyError
 
@@ -101,6 +102,10 @@ async def _no_heatmaps(_: Request, error: NoHeatmapsError) -> JSONResponse:
     return problem_response(409, "no_heatmaps", str(error))
 
 
+async def _source(_: Request, error: SourceError) -> JSONResponse:
+    return problem_response(error.http_status, error.code, error.detail)
+
+
 async def _http(_: Request, error: StarletteHTTPException) -> JSONResponse:
     code = {404: "not_found", 405: "method_not_allowed"}.get(error.status_code, f"http_{error.status_code}")
     return problem_response(error.status_code, code, str(error.detail), headers=getattr(error, "headers", None))
@@ -138,6 +143,7 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(BatcherClosedError, _not_ready)
     app.add_exception_handler(UnknownLabelError, _unknown_label)
     app.add_exception_handler(NoHeatmapsError, _no_heatmaps)
+    app.add_exception_handler(SourceError, _source)
     app.add_exception_handler(StarletteHTTPException, _http)
     app.add_exception_handler(RequestValidationError, _validation)
     app.add_exception_handler(Exception, _unexpected)

@@ -26,10 +26,13 @@ def too_large(limit: int, got: str) -> ProblemError:
 
 
 class RequestContextMiddleware:
-    def __init__(self, app: ASGIApp, metrics: ServiceMetrics, max_upload_bytes: int) -> None:
+    def __init__(
+        self, app: ASGIApp, metrics: ServiceMetrics, max_upload_bytes: int, path_limits: dict[str, int] | None = None
+    ) -> None:
         self.app = app
         self.metrics = metrics
         self.max_upload_bytes = max_upload_bytes
+        self.path_limits = path_limits or {}  # e.g. job zips may be larger than single images
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -42,7 +45,7 @@ class RequestContextMiddleware:
         scope.setdefault("state", {})["request_id"] = request_id
         status = {"code": 500}
         received = {"bytes": 0}
-        limit = self.max_upload_bytes
+        limit = self.path_limits.get(scope["path"], self.max_upload_bytes)
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":

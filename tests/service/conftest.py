@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -29,6 +30,7 @@ def service_settings(**overrides) -> Settings:
         "max_batch_delay_ms": 2.0,
         "log_json": True,
         "api_keys": [],
+        "data_dir": Path(tempfile.mkdtemp(prefix="xray-test-data-")),  # the job store, never the project's var/
     }
     values.update(overrides)
     return Settings(**values)

@@ -1,0 +1,1 @@
+"""Batch scoring jobs: store, sources, runner, Ray engine."""

@@ -1,0 +1,80 @@
+"""A job's intake: an uploaded zip (streamed to disk, checked, unpacked under data_dir/uploads) or server-side paths,
+turned into the items the store queues. Refusals are `SourceError`s (problem+json via service.errors)."""
+
+from __future__ import annotations
+
+import shutil
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from service.config import Settings
+from service.jobs.sources import SourceError, SourceItem, SourceLimits, extract_zip, folder_items, path_items
+from service.jobs.store import NewItem
+from service.schemas import JobRequest
+
+UPLOADS = "uploads"
+
+
+def source_limits(settings: Settings) -> SourceLimits:
+    return SourceLimits(
+        max_upload_bytes=settings.job_max_upload_bytes,
+        max_uncompressed_bytes=settings.job_max_uncompressed_bytes,
+        max_entries=settings.job_max_entries,
+        max_ratio=settings.job_max_zip_ratio,
+        max_entry_bytes=settings.max_upload_bytes,  # an entry is scored like an upload: the same size limit
+    )
+
+
+def new_items(found: list[SourceItem]) -> list[NewItem]:
+    return [NewItem(item.reference, str(item.path)) for item in found]
+
+
+def new_workdir(settings: Settings) -> Path:
+    workdir = settings.data_dir / UPLOADS / uuid.uuid4().hex
+    workdir.mkdir(parents=True)
+    return workdir
+
+
+async def save_upload(chunks: AsyncIterator[bytes], target: Path, max_bytes: int) -> int:
+    """Stream an upload to `target` without holding it in memory; over `max_bytes` the partial file is removed."""
+    written = 0
+    try:
+        with open(target, "wb") as out:
+            async for chunk in chunks:
+                written += len(chunk)
+                if written > max_bytes:
+                    raise SourceError(
+                        "upload_too_large", f"expected a zip of at most {max_bytes} bytes, got more than that", 413
+                    )
+                out.write(chunk)
+    except BaseException:
+        target.unlink(missing_ok=True)
+        raise
+    if written == 0:
+        target.unlink(missing_ok=True)
+        raise SourceError("empty_input", "expected a zip archive, got 0 bytes", 400)
+    return written
+
+
+def unpack_upload(zip_path: Path, settings: Settings) -> list[NewItem]:
+    """Unpack the uploaded zip beside it (blocking: call it from a thread), then drop the zip itself."""
+    try:
+        return new_items(extract_zip(zip_path, zip_path.parent / "files", source_limits(settings)))
+    finally:
+        zip_path.unlink(missing_ok=True)
+
+
+def server_items(request: JobRequest, settings: Settings) -> tuple[str, str, list[NewItem]]:
+    """(source kind, source name, items) for a folder or a list of paths under the allowed roots (blocking)."""
+    roots = settings.allowed_source_roots
+    if request.folder is not None:
+        return "folder", request.folder, new_items(folder_items(request.folder, roots))
+    paths = request.paths or []
+    return "paths", f"{len(paths)} paths", new_items(path_items(paths, roots))
+
+
+def remove_workdir(workdir: str | Path | None) -> None:
+    if workdir:
+        shutil.rmtree(workdir, ignore_errors=True)
+

@@ -1,0 +1,171 @@
+"""The job runner: claims items from the store a chunk at a time, scores them on the service's own path and commits
+each chunk's results in one transaction.
+
+Scoring is `Pipeline.predict`, the code `/v1/predict` runs: the chunk's files are read and decoded in the decode
+thread pool while earlier images are already in the micro-batched ONNX sessions, and two chunks are in flight so
+that a commit never leaves the sessions idle. A heartbeat task keeps the leases of claimed items; when this process
+dies they expire and another runner (or this one, restarted) takes them over.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from models.imaging import ImagingError
+from service.batching import BatcherClosedError, QueueFullError
+from service.config import Settings
+from service.jobs.store import ClaimedItem, JobStore, Outcome, new_runner_id
+from service.pipeline import Pipeline
+from service.state import ModelManager, NotReadyError
+
+log = logging.getLogger("service.jobs.runner")
+CHUNKS_IN_FLIGHT = 2
+RETRY_BUSY_S = 0.05  # the inference queue is full (HTTP traffic shares it): wait, then submit again
+
+
+def read_file(path: str, limit: int) -> bytes:
+    """A job item's bytes; a file over the upload limit is an item problem, like an upload over it is a 413."""
+    file = Path(path)
+    size = file.stat().st_size
+    if size > limit:
+        detail = f"expected a file of at most {limit} bytes (XRAY_MAX_UPLOAD_BYTES), got {size}"
+        raise ItemProblem("file_too_large", detail)
+    return file.read_bytes()
+
+
+class ItemProblem(Exception):
+    def __init__(self, code: str, detail: str) -> None:
+        super().__init__(detail)
+        self.code = code
+        self.detail = detail
+
+
+def item_problem(error: BaseException) -> dict[str, str]:
+    """The problem recorded for an item that could not be scored (the job itself goes on)."""
+    if isinstance(error, ItemProblem):
+        return {"code": error.code, "detail": error.detail}
+    if isinstance(error, ImagingError):
+        return {"code": error.code, "detail": str(error)}
+    if isinstance(error, FileNotFoundError):
+        return {"code": "file_not_found", "detail": "the file is gone (moved or deleted after the job was submitted)"}
+    if isinstance(error, OSError):
+        return {"code": "unreadable", "detail": f"the file could not be read: {error.strerror or type(error).__name__}"}
+    return {"code": "scoring_error", "detail": f"{type(error).__name__}: {error}"}
+
+
+async def score_item(pipeline: Pipeline, item: ClaimedItem, pool: ThreadPoolExecutor, limit: int) -> Outcome:
+    loop = asyncio.get_running_loop()
+    try:
+        data = await loop.run_in_executor(pool, read_file, item.path, limit)
+        while True:
+            try:
+                result, _ = await pipeline.predict(data, pool)
+                break
+            except QueueFullError:
+                await asyncio.sleep(RETRY_BUSY_S)
+    except (BatcherClosedError, asyncio.CancelledError):
+        raise  # the pipeline was retired under us: not the item's fault; the claim's lease brings it back
+    except Exception as error:  # noqa: BLE001 - one bad file must not stop its job
+        return Outcome(item.id, item.token, problem=item_problem(error))
+    return Outcome(item.id, item.token, result=result)
+
+
+class JobRunner:
+    """The embedded runner of `xray serve` and `xray worker`."""
+
+    engine_name = "embedded"
+
+    def __init__(self, store: JobStore, manager: ModelManager, settings: Settings, pool: ThreadPoolExecutor) -> None:
+        self.store = store
+        self.manager = manager
+        self.settings = settings
+        self.pool = pool
+        self.runner_id = new_runner_id()
+        self.scored = 0
+        self._stopping = asyncio.Event()
+        self._tasks: list[asyncio.Task] = []
+
+    async def _db(self, call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        return await asyncio.to_thread(call, *args, **kwargs)
+
+    def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._heartbeats(), name="jobs-heartbeat")]
+        self._tasks += [loop.create_task(self._work(), name=f"jobs-chunk-{i}") for i in range(CHUNKS_IN_FLIGHT)]
+        log.info("job runner started", extra={"runner": self.runner_id, "engine": self.engine_name})
+
+    async def register(self) -> None:
+        await self._db(self.store.register_runner, self.runner_id, self.engine_name)
+
+    async def stop(self, timeout_s: float) -> None:
+        """Stop claiming; chunks being scored finish (within `timeout_s`) and commit."""
+        self._stopping.set()
+        workers = self._tasks[1:]
+        done, pending = await asyncio.wait(workers, timeout=timeout_s) if workers else (set(), set())
+        for task in [*pending, self._tasks[0]] if self._tasks else []:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._db(self.store.remove_runner, self.runner_id)
+        log.info("job runner stopped", extra={"runner": self.runner_id, "scored": self.scored})
+
+    async def _heartbeats(self) -> None:
+        interval = self.settings.job_lease_s / 3
+        while True:
+            try:
+                await self._db(self.store.heartbeat, self.runner_id, self.settings.job_lease_s)
+            except Exception:  # noqa: BLE001 - a database hiccup must not kill the runner; the next beat retries
+                log.exception("job heartbeat failed", extra={"runner": self.runner_id})
+            await asyncio.sleep(interval)
+
+    async def _pause(self) -> None:
+        try:
+            await asyncio.wait_for(self._stopping.wait(), self.settings.job_poll_s)
+        except TimeoutError:
+            pass
+
+    async def _work(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                scored = await self.run_chunk()
+            except NotReadyError:
+                scored = 0  # the models are loading or reloading
+            except Exception:  # noqa: BLE001 - logged; the claimed items come back when their lease expires
+                log.exception("job chunk failed", extra={"runner": self.runner_id})
+                scored = 0
+            if not scored:
+                await self._pause()
+
+    async def run_chunk(self) -> int:
+        """Claim, score and commit one chunk; returns how many items it scored (0: nothing was queued)."""
+        async with self.manager.acquire() as pipeline:
+            claimed = await self._db(
+                self.store.claim,
+                self.runner_id,
+                alias=self.settings.model_alias,
+                limit=self.settings.job_chunk_size,
+                lease_s=self.settings.job_lease_s,
+                max_attempts=self.settings.job_max_attempts,
+            )
+            if not claimed:
+                await self._db(self.store.finish_jobs)  # a safety net for jobs whose last commit raced
+                return 0
+            limit = self.settings.max_upload_bytes
+            outcomes = await asyncio.gather(*(score_item(pipeline, item, self.pool, limit) for item in claimed))
+        written = await self._db(self.store.complete, outcomes)
+        self.scored += written
+        return len(claimed)
+
+
+async def run_until(stop: Callable[[], Awaitable[None]], runner: JobRunner, timeout_s: float) -> None:
+    """Run `runner` until `stop()` returns, then stop it (used by `xray worker`)."""
+    await runner.register()
+    runner.start()
+    try:
+        await stop()
+    finally:
+        await runner.stop(timeout_s)

@@ -1,0 +1,176 @@
+"""Batch jobs: POST /v1/jobs (a zip upload, or server-side paths), GET /v1/jobs, GET /v1/jobs/{id},
+GET /v1/jobs/{id}/results (CSV or JSON lines, streamed), DELETE /v1/jobs/{id} (cancel).
+
+A user key sees only its own jobs (another's answer 404, as if absent); an admin key sees all."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Query, Request, Response
+from fastapi.responses import StreamingResponse
+from pydantic import ValidationError
+from starlette.concurrency import iterate_in_threadpool
+
+from service.dependencies import ManagerDep, PrincipalDep, SettingsDep
+from service.errors import ProblemError
+from service.jobs.intake import new_workdir, remove_workdir, save_upload, server_items, unpack_upload
+from service.jobs.results import stream_rows
+from service.jobs.status import job_status
+from service.jobs.store import JobNotFoundError, JobStore
+from service.schemas import JobList, JobRequest, JobStatus
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+ZIP_TYPES = ("application/zip", "application/x-zip-compressed")
+RESULT_TYPES = {"csv": "text/csv; charset=utf-8", "jsonl": "application/x-ndjson"}
+SUBMIT_DOC = {
+    "requestBody": {
+        "required": True,
+        "description": "a zip of images (multipart field `file`, or the raw body as application/zip), or JSON naming "
+        "a folder or paths under XRAY_ALLOWED_SOURCE_ROOTS",
+        "content": {
+            "application/json": {"schema": JobRequest.model_json_schema()},
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {"file": {"type": "string", "format": "binary"}},
+                    "required": ["file"],
+                }
+            },
+            **{media: {"schema": {"type": "string", "format": "binary"}} for media in ZIP_TYPES},
+        },
+    }
+}
+
+
+def _store(request: Request) -> JobStore:
+    return request.app.state.jobs
+
+
+async def _visible_job(request: Request, principal, job_id: str) -> dict:
+    try:
+        job = await asyncio.to_thread(_store(request).get_job, job_id)
+    except JobNotFoundError:
+        job = None
+    if job is None or not principal.may_see(job["owner"]):
+        raise ProblemError(404, "job_not_found", f"no job {job_id!r} visible to this API key")
+    return job
+
+
+async def _uploaded_items(request: Request, media: str, settings) -> tuple[str, str, list]:
+    """Stream the zip to a fresh folder under data_dir, then check and unpack it there."""
+    workdir = new_workdir(settings)
+    zip_path = workdir / "upload.zip"
+    name = "upload.zip"
+    try:
+        if media == "multipart/form-data":
+            async with request.form(max_files=1, max_fields=8) as form:
+                upload = form.get("file")
+                if upload is None or isinstance(upload, str):
+                    raise ProblemError(
+                        422, "missing_file", f"expected a multipart file field named 'file', got fields {sorted(form)}"
+                    )
+                name = upload.filename or name
+
+                async def chunks():
+                    while chunk := await upload.read(1 << 20):
+                        yield chunk
+
+                await save_upload(chunks(), zip_path, settings.job_max_upload_bytes)
+        else:
+            await save_upload(request.stream(), zip_path, settings.job_max_upload_bytes)
+        found = await asyncio.to_thread(unpack_upload, zip_path, settings)
+    except BaseException:
+        remove_workdir(workdir)
+        raise
+    return str(workdir), name, found
+
+
+@router.post(
+    "", status_code=202, summary="submit a batch scoring job", openapi_extra=SUBMIT_DOC, response_model=JobStatus
+)
+async def submit_job(
+    request: Request, response: Response, principal: PrincipalDep, settings: SettingsDep, manager: ManagerDep
+) -> JobStatus:
+    media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    workdir = None
+    if media == "application/json":
+        try:
+            body = JobRequest.model_validate_json(await request.body())
+        except ValidationError as error:
+            problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in error.errors())
+            raise ProblemError(422, "invalid_request", f"the job request did not validate: {problems}") from error
+        kind, name, found = await asyncio.to_thread(server_items, body, settings)
+    elif media == "multipart/form-data" or media in ZIP_TYPES:
+        kind = "zip"
+        workdir, name, found = await _uploaded_items(request, media, settings)
+    else:
+        raise ProblemError(
+            415,
+            "unsupported_media_type",
+            f"expected application/json, multipart/form-data or application/zip; got {media or 'no Content-Type'}",
+        )
+    try:
+        async with manager.acquire() as pipeline:
+            models = pipeline.describe()["models"]
+        job_id = await asyncio.to_thread(
+            _store(request).create_job,
+            owner=principal.id,
+            source_kind=kind,
+            source=name,
+            alias=settings.model_alias,
+            models=models,
+            new_items=found,
+            workdir=workdir,
+        )
+    except BaseException:
+        remove_workdir(workdir)
+        raise
+    response.headers["Location"] = f"/v1/jobs/{job_id}"
+    return job_status(await asyncio.to_thread(_store(request).get_job, job_id))
+
+
+@router.get("", summary="jobs, newest first (a user key: its own; an admin key: all)", response_model=JobList)
+async def list_jobs(
+    request: Request,
+    principal: PrincipalDep,
+    limit: Annotated[int, Query(ge=1, le=500, description="jobs per page")] = 50,
+    offset: Annotated[int, Query(ge=0, description="jobs to skip")] = 0,
+) -> JobList:
+    owner = None if principal.scope == "admin" else principal.id
+    rows, total = await asyncio.to_thread(_store(request).list_jobs, owner, limit=limit, offset=offset)
+    return JobList(jobs=[job_status(row) for row in rows], total=total, limit=limit, offset=offset)
+
+
+@router.get("/{job_id}", summary="a job's state, counts, images/s and ETA", response_model=JobStatus)
+async def get_job(request: Request, principal: PrincipalDep, job_id: str) -> JobStatus:
+    return job_status(await _visible_job(request, principal, job_id))
+
+
+@router.get(
+    "/{job_id}/results",
+    summary="one row per item: CSV (a column per label) or JSON lines (the full prediction)",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"text/csv": {}, "application/x-ndjson": {}}}},
+)
+async def job_results(
+    request: Request,
+    principal: PrincipalDep,
+    job_id: str,
+    format: Annotated[Literal["csv", "jsonl"], Query(description="csv or jsonl")] = "jsonl",  # noqa: A002
+) -> StreamingResponse:
+    job = await _visible_job(request, principal, job_id)
+    labels = list(job["models"].get("classifier", {}).get("labels", []))
+    lines = stream_rows(_store(request).iter_items(job_id), format, labels)
+    return StreamingResponse(
+        iterate_in_threadpool(lines),
+        media_type=RESULT_TYPES[format],
+        headers={"Content-Disposition": f'attachment; filename="job-{job_id}.{format}"'},
+    )
+
+
+@router.delete("/{job_id}", summary="cancel: queued items are skipped, items being scored finish")
+async def cancel_job(request: Request, principal: PrincipalDep, job_id: str) -> JobStatus:
+    await _visible_job(request, principal, job_id)
+    return job_status(await asyncio.to_thread(_store(request).cancel, job_id))
