@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -58,21 +58,28 @@ def item_problem(error: BaseException) -> dict[str, str]:
     return {"code": "scoring_error", "detail": f"{type(error).__name__}: {error}"}
 
 
-async def score_item(pipeline: Pipeline, item: ClaimedItem, pool: ThreadPoolExecutor, limit: int) -> Outcome:
+async def score_file(
+    pipeline: Pipeline, path: str, pool: ThreadPoolExecutor, limit: int
+) -> tuple[dict[str, Any] | None, dict[str, str] | None]:
+    """(the prediction /v1/predict would give for the file's bytes, None), or (None, the item's problem)."""
     loop = asyncio.get_running_loop()
     try:
-        data = await loop.run_in_executor(pool, read_file, item.path, limit)
+        data = await loop.run_in_executor(pool, read_file, path, limit)
         while True:
             try:
                 result, _ = await pipeline.predict(data, pool)
-                break
+                return result, None
             except QueueFullError:
                 await asyncio.sleep(RETRY_BUSY_S)
     except (BatcherClosedError, asyncio.CancelledError):
         raise  # the pipeline was retired under us: not the item's fault; the claim's lease brings it back
     except Exception as error:  # noqa: BLE001 - one bad file must not stop its job
-        return Outcome(item.id, item.token, problem=item_problem(error))
-    return Outcome(item.id, item.token, result=result)
+        return None, item_problem(error)
+
+
+async def score_item(pipeline: Pipeline, item: ClaimedItem, pool: ThreadPoolExecutor, limit: int) -> Outcome:
+    result, problem = await score_file(pipeline, item.path, pool, limit)
+    return Outcome(item.id, item.token, result=result, problem=problem)
 
 
 class JobRunner:
@@ -160,12 +167,3 @@ class JobRunner:
         self.scored += written
         return len(claimed)
 
-
-async def run_until(stop: Callable[[], Awaitable[None]], runner: JobRunner, timeout_s: float) -> None:
-    """Run `runner` until `stop()` returns, then stop it (used by `xray worker`)."""
-    await runner.register()
-    runner.start()
-    try:
-        await stop()
-    finally:
-        await runner.stop(timeout_s)

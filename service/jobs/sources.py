@@ -89,7 +89,7 @@ def _entry_parts(name: str) -> tuple[str, ...]:
 
 def _skipped(parts: tuple[str, ...]) -> bool:
     """macOS Finder's resource forks: `__MACOSX/...` and `._name` carry no image."""
-    return False
+    return parts[0] == "__MACOSX" or parts[-1].startswith("._")
 
 
 def _precheck_end_record(fp: IO[bytes], limits: SourceLimits) -> None:
@@ -304,7 +304,7 @@ def _walk(given: str, real_folder: Path, roots: Sequence[Path]) -> Iterator[Sour
     """
     shown = os.path.normpath(given)
     for dirpath, dirnames, filenames in os.walk(real_folder, followlinks=False):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        dirnames[:] = sorted(d for d in dirnames if True)
         rel = os.path.relpath(dirpath, real_folder)
         shown_dir = shown if rel == "." else os.path.join(shown, rel)
         for name in sorted(filenames):

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -30,8 +28,7 @@ from service.engine import open_session
 from service.security import new_key
 from tests.conftest import SHARED_DATA
 from tests.service.conftest import add_classifier_version, copy_registry, phantom_png
-
-READY_TIMEOUT_S = 90
+from tests.service.processes import READY_TIMEOUT_S, free_port, launch_xray, wait_ready
 
 
 @dataclass
@@ -43,18 +40,12 @@ class Server:
     log_path: Path
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     root = tmp_path_factory.mktemp("server")
     registry = copy_registry(root / "registry")
     admin_key, admin_entry = new_key("admin")
-    port = _free_port()
+    port = free_port()
     env = {
         **os.environ,
         "XRAY_REGISTRY_DIR": str(registry.root),
@@ -66,10 +57,10 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         "XRAY_GPUS": "none",
     }
     log_path = root / "server.log"
-    process = _launch(["--host", "127.0.0.1", "--port", str(port)], env, log_path)
+    process = launch_xray(["serve", "--host", "127.0.0.1", "--port", str(port)], env, log_path)
     url = f"http://127.0.0.1:{port}"
     try:
-        _wait_ready(url, process, log_path)
+        wait_ready(url, process, log_path)
     except BaseException:
         process.kill()
         raise
@@ -239,15 +230,15 @@ def test_server_logs_are_json_lines(server: Server) -> None:
 def test_two_cpu_workers_share_the_port_restart_after_a_crash_and_report_metrics_together(tmp_path) -> None:
     import signal
 
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "XRAY_INTRA_OP_THREADS": "1", "XRAY_GPUS": "none", "XRAY_LOG_LEVEL": "WARNING"}
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     log_path = tmp_path / "server.log"
     metrics_dirs_before = set(Path(tempfile.gettempdir()).glob("xray-metrics-*"))
-    process = _launch(["--port", str(port), "--workers", "2"], env, log_path)
+    process = launch_xray(["serve", "--port", str(port), "--workers", "2"], env, log_path)
     url = f"http://127.0.0.1:{port}"
     try:
-        _wait_ready(url, process, log_path)
+        wait_ready(url, process, log_path)
         _wait_workers(url, 2)
         images = _images(40)
         png = {"content-type": "image/png"}
@@ -274,32 +265,6 @@ def test_two_cpu_workers_share_the_port_restart_after_a_crash_and_report_metrics
     assert set(Path(tempfile.gettempdir()).glob("xray-metrics-*")) == metrics_dirs_before, (
         "the metrics folder is removed"
     )
-
-
-def _launch(serve_args: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen:
-    """`xray serve ARGS` in its own process, output to log_path, run from the log's folder."""
-    with open(log_path, "wb") as log:
-        return subprocess.Popen(
-            [sys.executable, "-m", "xray", "serve", *serve_args],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=log_path.parent,
-        )
-
-
-def _wait_ready(url: str, process: subprocess.Popen, log_path: Path) -> None:
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"the server exited with {process.returncode}: {log_path.read_text()[-3000:]}")
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.3)
-    pytest.fail(f"not ready within {READY_TIMEOUT_S} s: {log_path.read_text()[-3000:]}")
 
 
 def _worker_pids(metrics_text: str) -> list[int]:

@@ -92,7 +92,9 @@ def test_zip_with_only_forks_is_empty(tmp_path: Path) -> None:
     refused("empty_source", 422, extract_zip, zip_path, tmp_path / "out", SourceLimits())
 
 
-@pytest.mark.parametrize("name", ["../evil.png", "scans/../../evil.png", "..\\evil.png", "C:/evil.png", "C:evil.png"])
+@pytest.mark.parametrize(
+    "name", ["../evil.png", "scans/../../evil.png", "scans/../evil.png", "..\\evil.png", "C:/evil.png", "C:evil.png"]
+)
 def test_zip_slip_refuses_whole_zip(tmp_path: Path, name: str) -> None:
     zip_path = make_zip(tmp_path / "in.zip", [("good.png", PNG), (name, PNG)])
     out = tmp_path / "deep" / "out"
@@ -128,7 +130,8 @@ def test_zip_symlink_entry_refused(tmp_path: Path) -> None:
 def test_zip_bomb_by_ratio(tmp_path: Path) -> None:
     zip_path = make_zip(tmp_path / "in.zip", [("a.png", PNG), ("bomb.png", b"\0" * (50 * 1024**2))])
     assert zip_path.stat().st_size < 1024**2
-    refused("zip_bomb", 413, extract_zip, zip_path, tmp_path / "out", SourceLimits(max_ratio=100))
+    error = refused("zip_bomb", 413, extract_zip, zip_path, tmp_path / "out", SourceLimits(max_ratio=100))
+    assert "bomb.png" in error.detail
     assert files_under(tmp_path / "out") == []
 
 
@@ -148,7 +151,8 @@ def test_small_entry_with_high_ratio_is_fine(tmp_path: Path) -> None:
 def test_zip_total_uncompressed_over_limit(tmp_path: Path) -> None:
     zip_path = make_zip(tmp_path / "in.zip", [("a.png", os.urandom(600)), ("b.png", os.urandom(600))])
     limits = SourceLimits(max_uncompressed_bytes=1000)
-    refused("zip_too_large", 413, extract_zip, zip_path, tmp_path / "out", limits)
+    error = refused("zip_too_large", 413, extract_zip, zip_path, tmp_path / "out", limits)
+    assert "declares 1200" in error.detail  # refused from the central directory, before extraction
     assert files_under(tmp_path / "out") == []
 
 
@@ -168,6 +172,23 @@ def test_zip_with_too_many_entries_refused_with_default_limits(tmp_path: Path) -
     error = refused("zip_too_many_entries", 413, extract_zip, zip_path, tmp_path / "out", SourceLimits())
     assert "50000" in error.detail
     assert files_under(tmp_path / "out") == []
+
+    # An end record lying about the count (zipfile parses the directory by its byte size) is caught after opening.
+    data = bytearray(zip_path.read_bytes())
+    zip64_end = data.rindex(b"PK\x06\x06")
+    assert struct.unpack_from("<QQ", data, zip64_end + 24) == (100_000, 100_000)
+    struct.pack_into("<QQ", data, zip64_end + 24, 10, 10)
+    zip_path.write_bytes(bytes(data))
+    error = refused("zip_too_many_entries", 413, extract_zip, zip_path, tmp_path / "out", SourceLimits())
+    assert "has 100000" in error.detail
+
+
+def test_zip_with_an_oversized_central_directory_refused(tmp_path: Path) -> None:
+    names = ["dir/" * 275 + "a.png", "dir/" * 275 + "b.png"]  # 2 entries, ~2.3 KB of directory
+    zip_path = make_zip(tmp_path / "in.zip", [(n, PNG) for n in names])
+    error = refused("zip_too_many_entries", 413, extract_zip, zip_path, tmp_path / "out", SourceLimits(max_entries=2))
+    assert "central directory" in error.detail
+    assert len(extract_zip(zip_path, tmp_path / "out", SourceLimits(max_entries=3))) == 2
 
 
 def test_encrypted_entry_refused(tmp_path: Path) -> None:

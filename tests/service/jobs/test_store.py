@@ -6,7 +6,6 @@ import threading
 import time
 from datetime import timedelta
 
-import pytest
 from sqlalchemy import inspect, text, update
 
 from service.jobs.store import JobStore, NewItem, Outcome, make_engine, migrate, schema_revision
