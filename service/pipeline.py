@@ -240,6 +240,28 @@ class Pipeline:
         self.metrics.predictions.labels(result["outlier"]["verdict"]).inc()
         return result, overlays
 
+    def predict_prepared(self, prepared: list[Prepared]) -> list[dict]:
+        """Synchronous batch scoring without the micro-batcher: one session run per model for the whole list, then
+        the same postprocessing as `predict` (the Ray engine's actors score this way; blocking)."""
+        start = time.perf_counter()
+        outputs: dict[str, dict[str, np.ndarray]] = {}
+        for role, session in self.sessions().items():
+            batch = np.stack([item.inputs[self.spec_keys[role]] for item in prepared])  # (N, 1, S, S)
+            outputs[role] = session.run(batch)
+        infer_ms = (time.perf_counter() - start) * 1e3 / max(len(prepared), 1)  # each image's share of the batch
+        results = []
+        for i, item in enumerate(prepared):
+            result = self._postprocess(item, {role: {k: v[i] for k, v in out.items()} for role, out in outputs.items()})
+            result["timings_ms"] = {
+                "decode": round(item.decode_ms, 2),
+                "preprocess": round(item.preprocess_ms, 2),
+                "inference_incl_queue": round(infer_ms, 2),
+                "heatmaps": 0.0,
+                "total": round(item.decode_ms + item.preprocess_ms + infer_ms, 2),
+            }
+            results.append(result)
+        return results
+
     def _render(self, film: Radiograph, cams: np.ndarray, labels: list[str]) -> dict[str, bytes]:
         display = heatmaps.film_for_display(film.pixels, self.settings.heatmap_max_side)
         spec = self.specs["classifier"]
