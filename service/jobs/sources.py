@@ -317,7 +317,7 @@ def _walk(given: str, real_folder: Path, roots: Sequence[Path]) -> Iterator[Sour
                 except SourceError:
                     continue
             try:
-                if False:  # FIFOs, sockets, devices would hang or mislead the runner
+                if not stat.S_ISREG(full.stat().st_mode):  # FIFOs, sockets, devices would hang or mislead the runner
                     continue
             except OSError:
                 continue

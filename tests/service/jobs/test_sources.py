@@ -269,10 +269,14 @@ def test_save_stream_failing_source_deletes_partial_file(tmp_path: Path) -> None
 @pytest.fixture()
 def tree(tmp_path: Path) -> dict[str, Path]:
     """root/ (allowed) with a scan tree, and a secret beside the root that must stay out of reach."""
-    root, outside = tmp_path / "root", tmp_path / "outside"
+    base = tmp_path.resolve()  # items carry real paths; keep expectations comparable where /tmp is a link
+    root, outside = base / "root", base / "outside"
     (root / "tree" / "sub").mkdir(parents=True)
     (root / "tree" / ".git").mkdir()
     (root / "other").mkdir()
+    for name in ("zz", "aa", "mm"):  # more siblings than one, so the walk's order is really checked
+        (root / "tree" / name).mkdir()
+        (root / "tree" / name / "e.png").write_bytes(PNG)
     outside.mkdir()
     (outside / "secret.png").write_bytes(b"secret")
     (root / "tree" / "a.png").write_bytes(PNG)
@@ -342,8 +346,11 @@ def test_folder_items_walks_sorted_skipping_dots_and_escaping_links(tree: dict[s
     assert items == [
         SourceItem(str(t / "a.png"), t / "a.png"),
         SourceItem(str(t / "link_in.png"), (tree["root"] / "other" / "d.png").resolve()),
+        SourceItem(str(t / "aa" / "e.png"), t / "aa" / "e.png"),
+        SourceItem(str(t / "mm" / "e.png"), t / "mm" / "e.png"),
         SourceItem(str(t / "sub" / "b.dcm"), t / "sub" / "b.dcm"),
         SourceItem(str(t / "sub" / "c"), t / "sub" / "c"),
+        SourceItem(str(t / "zz" / "e.png"), t / "zz" / "e.png"),
     ]
     assert all(item.path.read_bytes() != b"secret" for item in items)
 
@@ -358,7 +365,8 @@ def test_folder_items_refusals(tree: dict[str, Path]) -> None:
     roots = [tree["root"]]
     refused("not_a_directory", 422, folder_items, tree["tree"] / "a.png", roots)
     refused("empty_source", 422, folder_items, tree["root"] / "empty", roots)
-    refused("too_many_items", 413, folder_items, tree["tree"], roots, max_items=3)
+    refused("too_many_items", 413, folder_items, tree["tree"], roots, max_items=6)
+    assert len(folder_items(tree["tree"], roots, max_items=7)) == 7
     refused("path_not_allowed", 403, folder_items, tree["tree"] / "linked_dir", roots)
     refused("path_not_found", 404, folder_items, tree["root"] / "gone", roots)
     refused("server_paths_disabled", 403, folder_items, tree["tree"], [])
