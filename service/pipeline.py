@@ -101,10 +101,26 @@ class Pipeline:
         if autoencoder is not None:
             self.specs["autoencoder"] = PreprocessSpec.from_dict(autoencoder.model.manifest.preprocess)
         self.spec_keys = {role: spec.to_json() for role, spec in self.specs.items()}  # inputs keyed by spec
+        self.gate = self._gate_parameters(autoencoder)
         self.inflight = 0
         self._idle = asyncio.Event()
         self._idle.set()
         self._batchers: dict[str, MicroBatcher] = {}
+
+    @staticmethod
+    def _gate_parameters(autoencoder: ModelSession | None) -> dict | None:
+        """The autoencoder manifest's gate, with the feature mean and precision as arrays once (converting the
+        k x k list on every request cost more than the rest of postprocessing)."""
+        if autoencoder is None:
+            return None
+        manifest = autoencoder.model.manifest
+        gate = {**manifest.outlier, "threshold": manifest.outlier_threshold}
+        if "feature" in gate:
+            feature = dict(gate["feature"])
+            feature["mean"] = np.asarray(feature["mean"], dtype=np.float64)
+            feature["precision"] = np.asarray(feature["precision"], dtype=np.float64)
+            gate["feature"] = feature
+        return gate
 
     # -- life cycle -------------------------------------------------------------------------------------------
     @classmethod
@@ -355,7 +371,7 @@ class Pipeline:
         """Reconstruction error and code distance, each over its own threshold, and their combined verdict; and the
         reason naming the components that tripped (none when the combined score is within its threshold)."""
         manifest = self.autoencoder.model.manifest
-        gate = {**manifest.outlier, "threshold": manifest.outlier_threshold}
+        gate = self.gate
         error = float(np.asarray(outputs[manifest.outputs[0].name]).reshape(-1)[0])
         codes = outputs.get(FEATURE_OUTPUT) if "feature" in gate else None
         scores = component_scores(np.array([error]), None if codes is None else np.asarray(codes).reshape(1, -1), gate)

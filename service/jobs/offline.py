@@ -12,6 +12,7 @@ import csv
 import json
 import logging
 import tempfile
+import time
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -86,8 +87,9 @@ async def scored_in_order(
 
 async def score_offline(
     inputs: Sequence[Path], output: Path, settings: Settings, *, resume: bool, progress: bool = True
-) -> dict[str, int]:
-    """Score `inputs` into `output`; returns counts (scored, failed, skipped as already in the output)."""
+) -> dict[str, float]:
+    """Score `inputs` into `output`; returns counts (scored, failed, skipped as already in the output) and the
+    seconds spent scoring (models loaded; for throughput comparisons)."""
     fmt = output_format(output)
     done = already_scored(output, fmt) if resume else set()
     with tempfile.TemporaryDirectory(prefix="xray-score-") as unpack_dir:
@@ -98,13 +100,14 @@ async def score_offline(
         labels = list(pipeline.labels)
         pool = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="decode")
         pipeline.start()
-        counts = {"scored": 0, "failed": 0, "skipped": len(items) - len(todo)}
+        counts: dict[str, float] = {"scored": 0, "failed": 0, "skipped": len(items) - len(todo)}
         append = resume and output.exists() and output.stat().st_size > 0
         try:
             with output.open("a" if append else "w", newline="") as handle, ProgressBar(progress, len(todo)) as bar:
                 if fmt == "csv" and not append:
                     handle.write(csv_line(csv_header(labels)))
                 position = {item.reference: i for i, item in enumerate(items)}
+                started = time.perf_counter()
                 async for item, result, problem in scored_in_order(pipeline, todo, pool, settings.max_upload_bytes):
                     row = {
                         "position": position[item.reference],
@@ -117,6 +120,7 @@ async def score_offline(
                     handle.flush()
                     counts["scored" if problem is None else "failed"] += 1
                     bar(1)
+                counts["seconds"] = round(time.perf_counter() - started, 3)
         finally:
             await pipeline.close()
             pool.shutdown(wait=True)

@@ -14,13 +14,14 @@ import asyncio
 import json
 import logging
 import threading
+
 import numpy as np
 
 from service.config import Settings
 from service.jobs.store import ClaimedItem, JobStore, Outcome, new_runner_id
 
 log = logging.getLogger("service.jobs.ray")
-BLOCKS_PER_ACTOR = 8  # a claim holds this many chunks per actor: the pool starts once per block, not per chunk
+BLOCKS_PER_ACTOR = 64  # a claim holds this many chunks per actor: the actor pool starts once per block (seconds)
 
 
 class ScoringActor:

@@ -2,7 +2,7 @@
 each chunk's results in one transaction.
 
 Scoring is `Pipeline.predict`, the code `/v1/predict` runs: the chunk's files are read and decoded in the decode
-thread pool while earlier images are already in the micro-batched ONNX sessions, and two chunks are in flight so
+thread pool while earlier images are already in the micro-batched ONNX sessions, and three chunks are in flight so
 that a commit never leaves the sessions idle. A heartbeat task keeps the leases of claimed items; when this process
 dies they expire and another runner (or this one, restarted) takes them over.
 """
@@ -24,7 +24,7 @@ from service.pipeline import Pipeline
 from service.state import ModelManager, NotReadyError
 
 log = logging.getLogger("service.jobs.runner")
-CHUNKS_IN_FLIGHT = 2
+CHUNKS_IN_FLIGHT = 3
 RETRY_BUSY_S = 0.05  # the inference queue is full (HTTP traffic shares it): wait, then submit again
 
 
@@ -77,8 +77,11 @@ async def score_file(
         return None, item_problem(error)
 
 
-async def score_item(pipeline: Pipeline, item: ClaimedItem, pool: ThreadPoolExecutor, limit: int) -> Outcome:
-    result, problem = await score_file(pipeline, item.path, pool, limit)
+async def score_item(
+    pipeline: Pipeline, item: ClaimedItem, pool: ThreadPoolExecutor, limit: int, slots: asyncio.Semaphore
+) -> Outcome:
+    async with slots:
+        result, problem = await score_file(pipeline, item.path, pool, limit)
     return Outcome(item.id, item.token, result=result, problem=problem)
 
 
@@ -96,6 +99,9 @@ class JobRunner:
         self.scored = 0
         self._stopping = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
+        # images in the pipeline at once, across chunks: enough to fill batches, and at most half the inference
+        # queue, so the runner never crowds out /v1/predict nor spins on a full queue
+        self._slots = asyncio.Semaphore(max(1, min(64, settings.max_queue // 2)))
 
     async def _db(self, call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         return await asyncio.to_thread(call, *args, **kwargs)
@@ -162,7 +168,8 @@ class JobRunner:
                 await self._db(self.store.finish_jobs)  # a safety net for jobs whose last commit raced
                 return 0
             limit = self.settings.max_upload_bytes
-            outcomes = await asyncio.gather(*(score_item(pipeline, item, self.pool, limit) for item in claimed))
+            scoring = (score_item(pipeline, item, self.pool, limit, self._slots) for item in claimed)
+            outcomes = await asyncio.gather(*scoring)
         written = await self._db(self.store.complete, outcomes)
         self.scored += written
         return len(claimed)

@@ -23,7 +23,20 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, create_engine, event, exists, func, or_, select, text, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    and_,
+    bindparam,
+    create_engine,
+    event,
+    exists,
+    func,
+    or_,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.engine import make_url
 
 from service.jobs.tables import items, jobs, metadata, runners, utcnow
@@ -374,40 +387,54 @@ class JobStore:
     def complete(self, outcomes: Sequence[Outcome]) -> int:
         """Write a chunk's results in one transaction. An outcome whose claim is no longer current (the lease
         expired and another runner took the item) is dropped. Returns how many were written."""
+        if not outcomes:
+            return 0
         now = utcnow()
-        written = 0
-        succeeded: Counter[str] = Counter()
-        failed: Counter[str] = Counter()
+        wanted = {(outcome.item_id, outcome.token) for outcome in outcomes}
         with self.engine.begin() as connection:
-            for outcome in outcomes:
-                state = "succeeded" if outcome.problem is None else "failed"
-                job_id = connection.execute(
+            current = connection.execute(  # the rows are locked until the commit: no other claim can slip in
+                select(items.c.id, items.c.claim_token, items.c.job_id)
+                .where(items.c.id.in_([outcome.item_id for outcome in outcomes]), items.c.state == "running")
+                .with_for_update()
+            ).all()
+            job_of = {row.id: row.job_id for row in current if (row.id, row.claim_token) in wanted}
+            kept = [outcome for outcome in outcomes if outcome.item_id in job_of]
+            if len(kept) < len(outcomes):
+                log.warning(
+                    "dropped results whose claim is no longer current", extra={"dropped": len(outcomes) - len(kept)}
+                )
+            if kept:
+                connection.execute(
                     update(items)
-                    .where(items.c.id == outcome.item_id, items.c.claim_token == outcome.token)
-                    .where(items.c.state == "running")
+                    .where(items.c.id == bindparam("item_id"))
                     .values(
-                        state=state,
-                        result=outcome.result,
-                        problem=outcome.problem,
+                        state=bindparam("new_state"),
+                        result=bindparam("new_result"),
+                        problem=bindparam("new_problem"),
                         claim_token=None,
                         lease_expires_at=None,
                         finished_at=now,
-                    )
-                    .returning(items.c.job_id)
-                ).scalar_one_or_none()
-                if job_id is None:
-                    log.warning("dropped a result whose claim is no longer current", extra={"item": outcome.item_id})
-                    continue
-                written += 1
-                (succeeded if state == "succeeded" else failed)[job_id] += 1
+                    ),
+                    [
+                        {
+                            "item_id": outcome.item_id,
+                            "new_state": "succeeded" if outcome.problem is None else "failed",
+                            "new_result": outcome.result,
+                            "new_problem": outcome.problem,
+                        }
+                        for outcome in kept
+                    ],
+                )
+            succeeded = Counter(job_of[o.item_id] for o in kept if o.problem is None)
+            failed = Counter(job_of[o.item_id] for o in kept if o.problem is not None)
             for job_id in set(succeeded) | set(failed):
                 connection.execute(
                     update(jobs)
                     .where(jobs.c.id == job_id)
                     .values(succeeded=jobs.c.succeeded + succeeded[job_id], failed=jobs.c.failed + failed[job_id])
                 )
-        self.finish_jobs(set(succeeded) | set(failed))
-        return written
+        self.finish_jobs(set(job_of.values()))
+        return len(kept)
 
     def finish_jobs(self, job_ids: set[str] | None = None) -> None:
         """Mark running jobs without open items succeeded (all running jobs when `job_ids` is None). Its own
