@@ -18,6 +18,7 @@ import threading
 import numpy as np
 
 from service.config import Settings
+from service.jobs.runner import remove_finished_uploads
 from service.jobs.store import ClaimedItem, JobStore, Outcome, new_runner_id
 
 log = logging.getLogger("service.jobs.ray")
@@ -154,6 +155,7 @@ class RayJobRunner:
         )
         if not claimed:
             self.store.finish_jobs()
+            remove_finished_uploads(self.store)
             return 0
         for batch in self.score(claimed):
             self.scored += self.store.complete(outcomes_of(batch))

@@ -19,6 +19,7 @@ from typing import Any
 from models.imaging import ImagingError
 from service.batching import BatcherClosedError, QueueFullError
 from service.config import Settings
+from service.jobs.intake import remove_workdir
 from service.jobs.store import ClaimedItem, JobStore, Outcome, new_runner_id
 from service.pipeline import Pipeline
 from service.state import ModelManager, NotReadyError
@@ -83,6 +84,12 @@ async def score_item(
     async with slots:
         result, problem = await score_file(pipeline, item.path, pool, limit)
     return Outcome(item.id, item.token, result=result, problem=problem)
+
+
+def remove_finished_uploads(store: JobStore) -> None:
+    """Unpacked zips are needed only until their job is over; the results live in the database."""
+    for workdir in store.take_finished_workdirs():
+        remove_workdir(workdir)
 
 
 class JobRunner:
@@ -166,6 +173,7 @@ class JobRunner:
             )
             if not claimed:
                 await self._db(self.store.finish_jobs)  # a safety net for jobs whose last commit raced
+                await self._db(remove_finished_uploads, self.store)
                 return 0
             limit = self.settings.max_upload_bytes
             scoring = (score_item(pipeline, item, self.pool, limit, self._slots) for item in claimed)

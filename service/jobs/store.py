@@ -450,15 +450,27 @@ class JobStore:
         done = update(jobs).where(jobs.c.state == "running", ~open_items)
         if job_ids is not None:
             done = done.where(jobs.c.id.in_(sorted(job_ids)))
-        connection.execute(done.values(state="succeeded", finished_at=now))
-
-    def fail_job(self, job_id: str, error: str) -> None:
-        with self.engine.begin() as connection:
-            connection.execute(
-                update(jobs)
-                .where(jobs.c.id == job_id, jobs.c.state.in_(ACTIVE_JOB_STATES))
-                .values(state="failed", error=error, finished_at=utcnow())
+        nothing_scored = and_(jobs.c.succeeded == 0, jobs.c.failed > 0)
+        connection.execute(
+            done.where(nothing_scored).values(
+                state="failed", finished_at=now, error="no item could be scored; each item's problem says why"
             )
+        )
+        connection.execute(done.values(state="succeeded", finished_at=now))  # a job with per-item problems too
+
+    def take_finished_workdirs(self) -> list[str]:
+        """The unpacked-upload folders of jobs that are over (no item open): the caller removes them. Each is
+        handed out once (its column is cleared in the same transaction); the results stay in the database."""
+        open_items = exists().where(items.c.job_id == jobs.c.id, items.c.state.in_(OPEN_ITEM_STATES))
+        with self.engine.begin() as connection:
+            rows = connection.execute(
+                select(jobs.c.id, jobs.c.workdir)
+                .where(jobs.c.workdir.is_not(None), jobs.c.state.not_in(ACTIVE_JOB_STATES), ~open_items)
+                .with_for_update(skip_locked=True)
+            ).all()
+            if rows:
+                connection.execute(update(jobs).where(jobs.c.id.in_([r.id for r in rows])).values(workdir=None))
+        return [row.workdir for row in rows]
 
 
 __all__ = [

@@ -127,6 +127,11 @@ def test_a_zip_job_scores_images_and_reports_non_images_per_item(client: TestCli
     assert header.split(",")[:3] == ["position", "reference", "state"]
     assert all(f"p_{label}" in header.split(",") for label in labels) and "outlier_verdict" in header
     assert len(lines) == 3 and any(",not_an_image," in line for line in lines)
+    uploads = client.app.state.settings.data_dir / "uploads"
+    deadline = time.monotonic() + 30
+    while any((path / "files" / "a" / "film.png").exists() for path in uploads.iterdir()):
+        assert time.monotonic() < deadline, "the finished job's unpacked files were not removed"
+        time.sleep(0.1)
     raw = client.post(
         "/v1/jobs", content=_zip({"x.png": phantom_png(seed=3)}), headers={"Content-Type": "application/zip"}
     )
@@ -208,9 +213,7 @@ def test_hostile_zips_are_refused_and_the_server_stays_up(
 ) -> None:
     uploads = client.app.state.settings.data_dir / "uploads"
     before = set(uploads.iterdir()) if uploads.exists() else set()
-    answer = client.post(
-        "/v1/jobs", content=make(), headers={"Content-Type": "application/zip", "X-API-Key": USER_A}
-    )
+    answer = client.post("/v1/jobs", content=make(), headers={"Content-Type": "application/zip", "X-API-Key": USER_A})
     assert (answer.status_code, answer.json()["code"]) == (status, code), answer.text
     assert not (tmp_path.parent / "evil.png").exists()
     assert set(uploads.iterdir()) == before  # a refused upload leaves nothing behind

@@ -161,7 +161,7 @@ def test_heartbeats_keep_a_lease_and_an_item_that_keeps_killing_runners_fails(da
     row = next(store.iter_items(job_id))
     assert row["state"] == "failed" and row["problem"]["code"] == "runner_died"
     job = store.get_job(job_id)
-    assert (job["state"], job["failed"]) == ("succeeded", 1)
+    assert (job["state"], job["failed"]) == ("failed", 1)  # its only item could not be scored
     store.close()
 
 
@@ -191,4 +191,25 @@ def test_claims_only_take_jobs_of_the_runners_alias_and_owners_list_their_own(da
     assert total == 2 and {job["owner"] for job in listed} == {"alice"}
     everyone, total_all = store.list_jobs(None, limit=2, offset=0)
     assert total_all == 3 and len(everyone) == 2
+    store.close()
+
+
+def test_a_job_where_nothing_could_be_scored_fails_and_finished_uploads_are_handed_out_once(database_url: str) -> None:
+    store = _store(database_url)
+    bad = store.create_job(
+        owner="alice",
+        source_kind="zip",
+        source="notes.zip",
+        alias="production",
+        models={},
+        new_items=[NewItem("a.txt", "/up/a.txt"), NewItem("b.txt", "/up/b.txt")],
+        workdir="/up",
+    )
+    claimed = store.claim("r1", limit=10, **CLAIM)
+    assert store.take_finished_workdirs() == []  # still running
+    store.complete([Outcome(item.id, item.token, problem={"code": "not_an_image", "detail": "x"}) for item in claimed])
+    job = store.get_job(bad)
+    assert (job["state"], job["failed"]) == ("failed", 2) and "no item could be scored" in job["error"]
+    assert store.take_finished_workdirs() == ["/up"]
+    assert store.take_finished_workdirs() == []
     store.close()
