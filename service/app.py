@@ -41,7 +41,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             log.warning("no API keys configured (XRAY_API_KEYS): every endpoint is open")
         app.state.jobs = await asyncio.to_thread(JobStore.open, settings.job_database_url())  # migrates first
         await manager.start()
-        engine = await start_job_engine(settings, app.state.jobs, manager, app.state.decode_pool)
+        engine = app.state.job_engine = await start_job_engine(settings, app.state.jobs, manager, app.state.decode_pool)
         try:
             yield
         finally:
@@ -62,6 +62,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.metrics = metrics
     app.state.manager = ModelManager(settings, metrics)
     app.state.admission = Admission(settings.max_active_uploads)
+    app.state.job_engine = None  # the runner scoring jobs in this process, if any (service.jobs.engines)
     install_error_handlers(app)
     app.add_middleware(
         RequestContextMiddleware,

@@ -76,7 +76,11 @@ def score(
     except SourceError as error:
         typer.secho(f"error: {error.detail}", fg=typer.colors.RED, err=True)
         raise typer.Exit(code=2) from error
-    typer.echo(f"{counts['scored']} scored, {counts['failed']} failed, {counts['skipped']} already in {output}")
+    rate = (counts["scored"] + counts["failed"]) / counts["seconds"] if counts.get("seconds") else 0.0
+    typer.echo(
+        f"{counts['scored']:.0f} scored, {counts['failed']:.0f} failed, {counts['skipped']:.0f} already in {output} "
+        f"({rate:.1f} images/s)"
+    )
 
 
 keys_app = typer.Typer(

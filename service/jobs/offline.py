@@ -100,7 +100,7 @@ async def score_offline(
         labels = list(pipeline.labels)
         pool = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="decode")
         pipeline.start()
-        counts: dict[str, float] = {"scored": 0, "failed": 0, "skipped": len(items) - len(todo)}
+        counts: dict[str, float] = {"scored": 0, "failed": 0, "skipped": len(items) - len(todo), "seconds": 0.0}
         append = resume and output.exists() and output.stat().st_size > 0
         try:
             with output.open("a" if append else "w", newline="") as handle, ProgressBar(progress, len(todo)) as bar:

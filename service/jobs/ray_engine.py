@@ -14,11 +14,12 @@ import asyncio
 import json
 import logging
 import threading
+import time
 
 import numpy as np
 
 from service.config import Settings
-from service.jobs.runner import remove_finished_uploads
+from service.jobs.runner import HOUSEKEEPING_S, remove_finished_uploads
 from service.jobs.store import ClaimedItem, JobStore, Outcome, new_runner_id
 
 log = logging.getLogger("service.jobs.ray")
@@ -86,6 +87,8 @@ class RayJobRunner:
         self.runner_id = new_runner_id()
         self.scored = 0
         self._stopping = threading.Event()
+        self._wake = threading.Event()
+        self._next_housekeeping = 0.0
         self._threads: list[threading.Thread] = []
         self._started_ray = False
 
@@ -127,6 +130,10 @@ class RayJobRunner:
             await asyncio.to_thread(ray.shutdown)
         log.info("ray job runner stopped", extra={"runner": self.runner_id, "scored": self.scored})
 
+    def wake(self) -> None:
+        """Look for work now (a job was submitted) instead of at the next poll."""
+        self._wake.set()
+
     # -- work ------------------------------------------------------------------------------------------------------
     def _beat(self) -> None:
         while not self._stopping.wait(self.settings.job_lease_s / 3):
@@ -143,7 +150,8 @@ class RayJobRunner:
                 log.exception("ray block failed", extra={"runner": self.runner_id})
                 scored = 0
             if not scored:
-                self._stopping.wait(self.settings.job_poll_s)
+                self._wake.wait(self.settings.job_poll_s)
+                self._wake.clear()
 
     def run_block(self) -> int:
         claimed = self.store.claim(
@@ -154,8 +162,10 @@ class RayJobRunner:
             max_attempts=self.settings.job_max_attempts,
         )
         if not claimed:
-            self.store.finish_jobs()
-            remove_finished_uploads(self.store)
+            if time.monotonic() >= self._next_housekeeping:
+                self._next_housekeeping = time.monotonic() + HOUSEKEEPING_S
+                self.store.finish_jobs()
+                remove_finished_uploads(self.store)
             return 0
         for batch in self.score(claimed):
             self.scored += self.store.complete(outcomes_of(batch))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -26,6 +27,8 @@ from service.state import ModelManager, NotReadyError
 
 log = logging.getLogger("service.jobs.runner")
 CHUNKS_IN_FLIGHT = 3
+HELPER_POLL_FACTOR = 10  # idle loops other than the first look for work this much less often (or when woken)
+HOUSEKEEPING_S = 10.0  # an idle runner's sweep for finished jobs and their uploads
 RETRY_BUSY_S = 0.05  # the inference queue is full (HTTP traffic shares it): wait, then submit again
 
 
@@ -105,6 +108,8 @@ class JobRunner:
         self.runner_id = new_runner_id()
         self.scored = 0
         self._stopping = asyncio.Event()
+        self._wake = asyncio.Event()
+        self._next_housekeeping = 0.0
         self._tasks: list[asyncio.Task] = []
         # images in the pipeline at once, across chunks: enough to fill batches, and at most half the inference
         # queue, so the runner never crowds out /v1/predict nor spins on a full queue
@@ -116,7 +121,7 @@ class JobRunner:
     def start(self) -> None:
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._heartbeats(), name="jobs-heartbeat")]
-        self._tasks += [loop.create_task(self._work(), name=f"jobs-chunk-{i}") for i in range(CHUNKS_IN_FLIGHT)]
+        self._tasks += [loop.create_task(self._work(i), name=f"jobs-chunk-{i}") for i in range(CHUNKS_IN_FLIGHT)]
         log.info("job runner started", extra={"runner": self.runner_id, "engine": self.engine_name})
 
     async def register(self) -> None:
@@ -142,26 +147,36 @@ class JobRunner:
                 log.exception("job heartbeat failed", extra={"runner": self.runner_id})
             await asyncio.sleep(interval)
 
-    async def _pause(self) -> None:
-        try:
-            await asyncio.wait_for(self._stopping.wait(), self.settings.job_poll_s)
-        except TimeoutError:
-            pass
+    def wake(self) -> None:
+        """Idle chunk loops look for work now instead of at their next poll (a job was submitted, or one loop
+        found work: the others join at once, so a small job is not scored a chunk at a time)."""
+        self._wake.set()
+        self._wake.clear()  # the loops waiting now are already woken; later pauses wait again
 
-    async def _work(self) -> None:
+    async def _pause(self, seconds: float) -> None:
+        waits = [asyncio.ensure_future(self._stopping.wait()), asyncio.ensure_future(self._wake.wait())]
+        await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+        for waiting in waits:
+            waiting.cancel()
+
+    async def _work(self, index: int) -> None:
+        """Loop 0 polls the store when idle; the others sleep until it (or a submission) wakes them, so an idle
+        runner costs one claim query per poll, not one per loop."""
+        poll = self.settings.job_poll_s
         while not self._stopping.is_set():
             try:
-                scored = await self.run_chunk()
+                scored = await self.run_chunk(housekeeping=index == 0)
             except NotReadyError:
                 scored = 0  # the models are loading or reloading
             except Exception:  # noqa: BLE001 - logged; the claimed items come back when their lease expires
                 log.exception("job chunk failed", extra={"runner": self.runner_id})
                 scored = 0
             if not scored:
-                await self._pause()
+                await self._pause(poll if index == 0 else HELPER_POLL_FACTOR * poll)
 
-    async def run_chunk(self) -> int:
-        """Claim, score and commit one chunk; returns how many items it scored (0: nothing was queued)."""
+    async def run_chunk(self, housekeeping: bool = True) -> int:
+        """Claim, score and commit one chunk; returns how many items it scored (0: nothing was queued, and then,
+        with `housekeeping`, finish jobs whose last commit raced and remove finished uploads, now and then)."""
         async with self.manager.acquire() as pipeline:
             claimed = await self._db(
                 self.store.claim,
@@ -172,9 +187,12 @@ class JobRunner:
                 max_attempts=self.settings.job_max_attempts,
             )
             if not claimed:
-                await self._db(self.store.finish_jobs)  # a safety net for jobs whose last commit raced
-                await self._db(remove_finished_uploads, self.store)
+                if housekeeping and time.monotonic() >= self._next_housekeeping:
+                    self._next_housekeeping = time.monotonic() + HOUSEKEEPING_S
+                    await self._db(self.store.finish_jobs)  # a safety net for jobs whose last commit raced
+                    await self._db(remove_finished_uploads, self.store)
                 return 0
+            self.wake()
             limit = self.settings.max_upload_bytes
             scoring = (score_item(pipeline, item, self.pool, limit, self._slots) for item in claimed)
             outcomes = await asyncio.gather(*scoring)

@@ -18,6 +18,7 @@ import socket
 import uuid
 from collections import Counter
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -45,6 +46,7 @@ log = logging.getLogger("service.jobs.store")
 MIGRATIONS = Path(__file__).with_name("migrations")
 OPEN_ITEM_STATES = ("queued", "running")
 ACTIVE_JOB_STATES = ("queued", "running")
+WRITE_OPTION = "xray_write"  # a transaction that will write (SQLite: BEGIN IMMEDIATE)
 _MIGRATION_LOCK_ID = 0x78726179  # "xray": one process migrates a PostgreSQL database at a time
 
 
@@ -102,7 +104,10 @@ def make_engine(url: str) -> Engine:
 
         @event.listens_for(engine, "begin")
         def _on_begin(connection: Connection) -> None:
-            connection.exec_driver_sql("BEGIN IMMEDIATE")
+            # writers take the lock up front (IMMEDIATE) and queue on the busy timeout; readers read a WAL snapshot
+            # without blocking anyone (a deferred BEGIN)
+            immediate = connection.get_execution_options().get(WRITE_OPTION, False)
+            connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
         return engine
     if parsed.get_backend_name() == "postgresql":
@@ -112,6 +117,15 @@ def make_engine(url: str) -> Engine:
     raise StoreConfigError(f"expected a sqlite:/// or postgresql+psycopg:// database URL, got {parsed.drivername}://")
 
 
+@contextmanager
+def writing(engine: Engine) -> Iterator[Connection]:
+    """A transaction that writes: committed on leaving, rolled back on an error."""
+    with engine.connect() as connection:
+        connection.execution_options(**{WRITE_OPTION: True})
+        with connection.begin():
+            yield connection
+
+
 def migrate(engine: Engine, revision: str = "head") -> None:
     """Bring the schema to `revision` with Alembic (concurrent starters on PostgreSQL wait on an advisory lock)."""
     from alembic import command
@@ -119,7 +133,7 @@ def migrate(engine: Engine, revision: str = "head") -> None:
 
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
-    with engine.begin() as connection:
+    with writing(engine) as connection:
         if connection.dialect.name == "postgresql":
             connection.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": _MIGRATION_LOCK_ID})
         config.attributes["connection"] = connection
@@ -164,7 +178,7 @@ class JobStore:
     ) -> str:
         job_id = uuid.uuid4().hex
         now = utcnow()
-        with self.engine.begin() as connection:
+        with writing(self.engine) as connection:
             connection.execute(
                 jobs.insert().values(
                     id=job_id,
@@ -211,7 +225,7 @@ class JobStore:
         """Queued items are skipped; items being scored finish and keep their results. Cancelling a finished job
         changes nothing."""
         now = utcnow()
-        with self.engine.begin() as connection:
+        with writing(self.engine) as connection:
             changed = connection.execute(
                 update(jobs)
                 .where(jobs.c.id == job_id, jobs.c.state.in_(ACTIVE_JOB_STATES))
@@ -227,7 +241,7 @@ class JobStore:
         return self.get_job(job_id)
 
     def delete_job(self, job_id: str) -> None:
-        with self.engine.begin() as connection:
+        with writing(self.engine) as connection:
             connection.execute(items.delete().where(items.c.job_id == job_id))
             connection.execute(jobs.delete().where(jobs.c.id == job_id))
 
@@ -264,7 +278,7 @@ class JobStore:
     def register_runner(self, runner_id: str, engine_name: str) -> None:
         now = utcnow()
         host, pid = runner_id.split(":")[0], os.getpid()
-        with self.engine.begin() as connection:
+        with writing(self.engine) as connection:
             connection.execute(
                 runners.insert().values(
                     id=runner_id, host=host, pid=pid, engine=engine_name, started_at=now, heartbeat_at=now
@@ -274,7 +288,7 @@ class JobStore:
     def heartbeat(self, runner_id: str, lease_s: float) -> int:
         """Mark the runner alive and extend the leases of the items it holds; returns how many it holds."""
         now = utcnow()
-        with self.engine.begin() as connection:
+        with writing(self.engine) as connection:
             connection.execute(update(runners).where(runners.c.id == runner_id).values(heartbeat_at=now))
             return connection.execute(
                 update(items)
@@ -283,7 +297,7 @@ class JobStore:
             ).rowcount
 
     def remove_runner(self, runner_id: str) -> None:
-        with self.engine.begin() as connection:
+        with writing(self.engine) as connection:
             connection.execute(runners.delete().where(runners.c.id == runner_id))
 
     def live_runners(self, within_s: float) -> list[dict[str, Any]]:
@@ -301,7 +315,7 @@ class JobStore:
         claims are failed here instead."""
         now = utcnow()
         token = uuid.uuid4().hex
-        with self.engine.begin() as connection:
+        with writing(self.engine) as connection:
             self._retire_expired(connection, now, max_attempts)
             expired = and_(items.c.state == "running", items.c.lease_expires_at < now)
             query = (
@@ -391,7 +405,7 @@ class JobStore:
             return 0
         now = utcnow()
         wanted = {(outcome.item_id, outcome.token) for outcome in outcomes}
-        with self.engine.begin() as connection:
+        with writing(self.engine) as connection:
             current = connection.execute(  # the rows are locked until the commit: no other claim can slip in
                 select(items.c.id, items.c.claim_token, items.c.job_id)
                 .where(items.c.id.in_([outcome.item_id for outcome in outcomes]), items.c.state == "running")
@@ -439,7 +453,7 @@ class JobStore:
     def finish_jobs(self, job_ids: set[str] | None = None) -> None:
         """Mark running jobs without open items succeeded (all running jobs when `job_ids` is None). Its own
         transaction, after the results' commit, so two runners finishing the last chunks at once both see them."""
-        with self.engine.begin() as connection:
+        with writing(self.engine) as connection:
             self._finish_jobs(connection, job_ids, utcnow())
 
     @staticmethod
@@ -462,7 +476,7 @@ class JobStore:
         """The unpacked-upload folders of jobs that are over (no item open): the caller removes them. Each is
         handed out once (its column is cleared in the same transaction); the results stay in the database."""
         open_items = exists().where(items.c.job_id == jobs.c.id, items.c.state.in_(OPEN_ITEM_STATES))
-        with self.engine.begin() as connection:
+        with writing(self.engine) as connection:
             rows = connection.execute(
                 select(jobs.c.id, jobs.c.workdir)
                 .where(jobs.c.workdir.is_not(None), jobs.c.state.not_in(ACTIVE_JOB_STATES), ~open_items)

@@ -127,6 +127,8 @@ async def submit_job(
     except BaseException:
         remove_workdir(workdir)
         raise
+    if request.app.state.job_engine is not None:
+        request.app.state.job_engine.wake()
     response.headers["Location"] = f"/v1/jobs/{job_id}"
     return job_status(await asyncio.to_thread(_store(request).get_job, job_id))
 

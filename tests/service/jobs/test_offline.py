@@ -34,7 +34,7 @@ def test_xray_score_writes_every_file_once_and_resumes(tmp_path: Path) -> None:
 
     first = _score([str(folder), "-o", "out.csv"], tmp_path)
     assert first.returncode == 0, first.stderr
-    assert "3 scored, 1 failed, 0 already" in first.stdout
+    assert "3 scored, 1 failed, 0 already" in first.stdout and "images/s)" in first.stdout
     with open(tmp_path / "out.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
     assert [Path(row["reference"]).name for row in rows] == ["film0.png", "film1.png", "film2.png", "notes.txt"]
