@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import shutil
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 from service.config import Settings
-from service.jobs.sources import SourceError, SourceItem, SourceLimits, extract_zip, folder_items, path_items
+from service.jobs.sources import SourceItem, SourceLimits, extract_zip, folder_items, path_items
 from service.jobs.store import NewItem
 from service.schemas import JobRequest
 
@@ -34,27 +33,6 @@ def new_workdir(settings: Settings) -> Path:
     workdir = settings.data_dir / UPLOADS / uuid.uuid4().hex
     workdir.mkdir(parents=True)
     return workdir
-
-
-async def save_upload(chunks: AsyncIterator[bytes], target: Path, max_bytes: int) -> int:
-    """Stream an upload to `target` without holding it in memory; over `max_bytes` the partial file is removed."""
-    written = 0
-    try:
-        with open(target, "wb") as out:
-            async for chunk in chunks:
-                written += len(chunk)
-                if written > max_bytes:
-                    raise SourceError(
-                        "upload_too_large", f"expected a zip of at most {max_bytes} bytes, got more than that", 413
-                    )
-                out.write(chunk)
-    except BaseException:
-        target.unlink(missing_ok=True)
-        raise
-    if written == 0:
-        target.unlink(missing_ok=True)
-        raise SourceError("empty_input", "expected a zip archive, got 0 bytes", 400)
-    return written
 
 
 def unpack_upload(zip_path: Path, settings: Settings) -> list[NewItem]:

@@ -130,11 +130,12 @@ class JobRunner:
     async def stop(self, timeout_s: float) -> None:
         """Stop claiming; chunks being scored finish (within `timeout_s`) and commit."""
         self._stopping.set()
-        workers = self._tasks[1:]
-        done, pending = await asyncio.wait(workers, timeout=timeout_s) if workers else (set(), set())
-        for task in [*pending, self._tasks[0]] if self._tasks else []:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._tasks:
+            heartbeat, workers = self._tasks[0], self._tasks[1:]
+            _, unfinished = await asyncio.wait(workers, timeout=timeout_s)
+            for task in (*unfinished, heartbeat):
+                task.cancel()  # unfinished chunks' claims expire and return to the queue
+            await asyncio.gather(*self._tasks, return_exceptions=True)
         await self._db(self.store.remove_runner, self.runner_id)
         log.info("job runner stopped", extra={"runner": self.runner_id, "scored": self.scored})
 

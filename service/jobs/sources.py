@@ -13,7 +13,7 @@ import re
 import stat
 import zipfile
 import zlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import AsyncIterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -50,18 +50,21 @@ class SourceItem:
     path: Path  # the file the runner reads
 
 
-def save_stream(chunks: Iterable[bytes], target: Path, max_bytes: int) -> int:
-    """Write `chunks` to `target` as they come; over `max_bytes` (or on any failure) the partial file is deleted."""
+async def save_stream(chunks: AsyncIterable[bytes], target: Path, max_bytes: int) -> int:
+    """Write an upload's chunks to `target` as they arrive, never holding it in memory; over `max_bytes`, empty, or
+    on any failure (the client went away) the partial file is deleted."""
     total = 0
     try:
         with open(target, "wb") as out:
-            for chunk in chunks:
+            async for chunk in chunks:
                 total += len(chunk)
                 if total > max_bytes:
                     raise SourceError(
                         "upload_too_large", f"expected an upload of at most {max_bytes} bytes; got more", 413
                     )
                 out.write(chunk)
+        if total == 0:
+            raise SourceError("empty_input", "expected a zip archive, got 0 bytes", 400)
     except BaseException:
         target.unlink(missing_ok=True)
         raise

@@ -15,8 +15,9 @@ from starlette.concurrency import iterate_in_threadpool
 
 from service.dependencies import ManagerDep, PrincipalDep, SettingsDep
 from service.errors import ProblemError
-from service.jobs.intake import new_workdir, remove_workdir, save_upload, server_items, unpack_upload
+from service.jobs.intake import new_workdir, remove_workdir, server_items, unpack_upload
 from service.jobs.results import stream_rows
+from service.jobs.sources import save_stream
 from service.jobs.status import job_status
 from service.jobs.store import JobNotFoundError, JobStore
 from service.schemas import JobList, JobRequest, JobStatus
@@ -77,9 +78,9 @@ async def _uploaded_items(request: Request, media: str, settings) -> tuple[str, 
                     while chunk := await upload.read(1 << 20):
                         yield chunk
 
-                await save_upload(chunks(), zip_path, settings.job_max_upload_bytes)
+                await save_stream(chunks(), zip_path, settings.job_max_upload_bytes)
         else:
-            await save_upload(request.stream(), zip_path, settings.job_max_upload_bytes)
+            await save_stream(request.stream(), zip_path, settings.job_max_upload_bytes)
         found = await asyncio.to_thread(unpack_upload, zip_path, settings)
     except BaseException:
         remove_workdir(workdir)

@@ -5,6 +5,7 @@ Real zips built with zipfile in tmp_path; headers are patched byte-wise where zi
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import stat
@@ -233,33 +234,40 @@ def test_not_a_zip(tmp_path: Path, kind: str) -> None:
     refused("not_a_zip", 422, extract_zip, tmp_path / "in.zip", tmp_path / "out", SourceLimits())
 
 
+async def _chunks(*parts: bytes):
+    for part in parts:
+        yield part
+
+
 def test_save_stream_writes_chunks(tmp_path: Path) -> None:
     target = tmp_path / "upload.zip"
-    assert save_stream([b"ab", b"", b"cde"], target, max_bytes=5) == 5
+    assert asyncio.run(save_stream(_chunks(b"ab", b"", b"cde"), target, max_bytes=5)) == 5
     assert target.read_bytes() == b"abcde"
 
 
-def test_save_stream_over_limit_deletes_partial_file(tmp_path: Path) -> None:
+def test_save_stream_over_limit_or_empty_deletes_partial_file(tmp_path: Path) -> None:
     target = tmp_path / "upload.zip"
     written: list[bool] = []
 
-    def chunks():
+    async def chunks():
         for _ in range(10):
             written.append(target.exists())
             yield b"x" * 100
 
-    refused("upload_too_large", 413, save_stream, chunks(), target, 450)
+    refused("upload_too_large", 413, lambda: asyncio.run(save_stream(chunks(), target, 450)))
     assert written[-1] and len(written) == 5
+    assert not target.exists()
+    refused("empty_input", 400, lambda: asyncio.run(save_stream(_chunks(b""), target, 450)))
     assert not target.exists()
 
 
 def test_save_stream_failing_source_deletes_partial_file(tmp_path: Path) -> None:
-    def chunks():
+    async def chunks():
         yield b"x" * 100
         raise ConnectionError("client went away")
 
     with pytest.raises(ConnectionError):
-        save_stream(chunks(), tmp_path / "upload.zip", 1000)
+        asyncio.run(save_stream(chunks(), tmp_path / "upload.zip", 1000))
     assert not (tmp_path / "upload.zip").exists()
 
 
