@@ -18,7 +18,6 @@ bench/results/.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import re
@@ -34,6 +33,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
+from serve_bench import save_results  # bench/ is on sys.path when a script in it runs
 
 ROOT = Path(__file__).resolve().parents[1]
 SETTINGS = {"XRAY_INTRA_OP_THREADS": "1", "XRAY_DECODE_THREADS": "2", "XRAY_GPUS": "none", "XRAY_LOG_JSON": "true"}
@@ -175,10 +175,7 @@ def measure(args: argparse.Namespace, folder: Path, tmp: Path) -> dict:
         f"time to ready: embedded {embedded_ready:.1f} s, ray {ray_ready:.1f} s",
     ]
     print("\n".join(lines))
-    args.out.mkdir(parents=True, exist_ok=True)
-    stem = datetime.now(UTC).strftime("%Y%m%d-%H%M%S") + (f"-{args.tag}" if args.tag else "")
-    (args.out / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
-    (args.out / f"{stem}.txt").write_text("\n".join(lines) + "\n")
+    save_results(args.out, args.tag, result, lines)
     return result
 
 

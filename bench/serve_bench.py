@@ -346,11 +346,16 @@ def main(args: argparse.Namespace) -> dict:
         f"server RSS: idle {result['rss_mib']['idle']} MiB, after load {result['rss_mib']['after_load']} MiB",
     ]
     print("\n".join(lines))
-    args.out.mkdir(parents=True, exist_ok=True)
-    stem = datetime.now(UTC).strftime("%Y%m%d-%H%M%S") + (f"-{args.tag}" if args.tag else "")
-    (args.out / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
-    (args.out / f"{stem}.txt").write_text("\n".join(lines) + "\n")
+    save_results(args.out, args.tag, result, lines)
     return result
+
+
+def save_results(out: Path, tag: str | None, result: dict, lines: list[str]) -> None:
+    """<UTC time>-<tag>.json (everything measured) and .txt (the printed summary) in `out`."""
+    out.mkdir(parents=True, exist_ok=True)
+    stem = datetime.now(UTC).strftime("%Y%m%d-%H%M%S") + (f"-{tag}" if tag else "")
+    (out / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out / f"{stem}.txt").write_text("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

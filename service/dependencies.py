@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import Depends, Header, Request
+from fastapi import Depends, Header, Request, UploadFile
+from starlette.datastructures import FormData
 
 from service.config import Settings
 from service.errors import ProblemError
@@ -70,3 +71,13 @@ def _require(needed: Scope):
 UserDep = Depends(_require("user"))
 AdminDep = Depends(_require("admin"))
 PrincipalDep = Annotated[Principal, UserDep]
+
+
+def form_file(form: FormData) -> UploadFile:
+    """The multipart field `file` of an upload (predict and jobs alike); 422 when it is missing or not a file."""
+    upload = form.get("file")
+    if upload is None or isinstance(upload, str):
+        raise ProblemError(
+            422, "missing_file", f"expected a multipart file field named 'file', got fields {sorted(form)}"
+        )
+    return upload

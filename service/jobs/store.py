@@ -240,11 +240,6 @@ class JobStore:
                 connection.execute(update(jobs).where(jobs.c.id == job_id).values(skipped=jobs.c.skipped + skipped))
         return self.get_job(job_id)
 
-    def delete_job(self, job_id: str) -> None:
-        with writing(self.engine) as connection:
-            connection.execute(items.delete().where(items.c.job_id == job_id))
-            connection.execute(jobs.delete().where(jobs.c.id == job_id))
-
     def item_counts(self, job_id: str) -> dict[str, int]:
         """Items by state, counted from the item rows themselves (the job row keeps running totals)."""
         with self.engine.connect() as connection:

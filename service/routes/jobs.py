@@ -13,7 +13,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import ValidationError
 from starlette.concurrency import iterate_in_threadpool
 
-from service.dependencies import ManagerDep, PrincipalDep, SettingsDep
+from service.dependencies import ManagerDep, PrincipalDep, SettingsDep, form_file
 from service.errors import ProblemError
 from service.jobs.intake import new_workdir, remove_workdir, server_items, unpack_upload
 from service.jobs.results import stream_rows
@@ -67,11 +67,7 @@ async def _uploaded_items(request: Request, media: str, settings) -> tuple[str, 
     try:
         if media == "multipart/form-data":
             async with request.form(max_files=1, max_fields=8) as form:
-                upload = form.get("file")
-                if upload is None or isinstance(upload, str):
-                    raise ProblemError(
-                        422, "missing_file", f"expected a multipart file field named 'file', got fields {sorted(form)}"
-                    )
+                upload = form_file(form)
                 name = upload.filename or name
 
                 async def chunks():

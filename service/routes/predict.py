@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request, Response
 
 from models.imaging import sniff_format
-from service.dependencies import ManagerDep, SettingsDep, UserDep
+from service.dependencies import ManagerDep, SettingsDep, UserDep, form_file
 from service.errors import ProblemError
 from service.pipeline import encode_overlays
 
@@ -39,12 +39,7 @@ async def read_upload(request: Request) -> bytes:
     media = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if media == "multipart/form-data":
         async with request.form(max_files=1, max_fields=8) as form:
-            upload = form.get("file")
-            if upload is None or isinstance(upload, str):
-                raise ProblemError(
-                    422, "missing_file", f"expected a multipart file field named 'file', got fields {sorted(form)}"
-                )
-            data = await upload.read()
+            data = await form_file(form).read()
     elif media in RAW_TYPES:
         data = await request.body()
         declared, sniffed = RAW_TYPES[media], sniff_format(data)
