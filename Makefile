@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 GPU_VENV := .venv-gpu
 GPU_STAMP := $(GPU_VENV)/.installed
 
-.PHONY: demo test test-gpu lint bench venv clean default-models
+.PHONY: demo test test-gpu lint bench venv clean default-models browser-tools
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,7 +29,17 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/serve_bench.py
 
-test: $(STAMP)
+# The browser tests' tools: Debian's chromium (apt, as root) and axe-core (npm); each bounded in time. Where either
+# cannot be installed (no root, no npm) the tests that need it skip and say why.
+AXE := .cache/axe/node_modules/axe-core/axe.min.js
+
+browser-tools:
+	@command -v chromium >/dev/null 2>&1 || timeout 600 sh -c 'apt-get update -qq && apt-get install -y -qq chromium >/dev/null' \
+		|| echo "chromium could not be installed: the browser tests will skip"
+	@test -f $(AXE) || timeout 300 npm install --silent --no-audit --no-fund --prefix .cache/axe axe-core@4 \
+		|| echo "axe-core could not be installed: the accessibility test will skip"
+
+test: $(STAMP) browser-tools
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest $(PYTEST_ARGS)
 

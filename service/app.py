@@ -8,9 +8,11 @@ import logging
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 from fastapi import FastAPI
-from fastapi.responses import RedirectResponse
+from fastapi.responses import FileResponse
+from fastapi.staticfiles import StaticFiles
 
 from service.admission import Admission
 from service.config import Settings, get_settings
@@ -25,6 +27,7 @@ from service.security import KeyRing
 from service.state import ModelManager
 
 log = logging.getLogger("service.app")
+WEB_DIR = Path(__file__).with_name("web")
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -73,9 +76,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for router in (health.router, models.router, predict.router, jobs.router):
         app.include_router(router)
 
+    app.mount("/ui", StaticFiles(directory=WEB_DIR), name="ui")
+
     @app.get("/", include_in_schema=False)
-    async def home() -> RedirectResponse:  # the clinician UI will live here; until then, the API docs
-        return RedirectResponse("/docs")
+    async def home() -> FileResponse:  # the clinician UI (service/web/): static files driven by the API
+        return FileResponse(WEB_DIR / "index.html", headers={"Cache-Control": "no-cache"})
 
     return app
 

@@ -60,9 +60,23 @@ def overlay(film: np.ndarray, evidence: np.ndarray, max_alpha: float = 0.6) -> n
     return np.clip(grey * (1 - alpha) + colour * alpha, 0, 255).round().astype(np.uint8)
 
 
-def png_bytes(rgb: np.ndarray) -> bytes:
+def heat_layer(evidence: np.ndarray, max_alpha: float = 0.6) -> np.ndarray:
+    """The colour-mapped evidence alone, transparent where there is none: (H, W, 4) uint8 for a viewer to lay over
+    the film at any opacity (the same colours and opacity curve as `overlay`)."""
+    colour = _LUT[np.clip((evidence * 255).round().astype(np.int64), 0, 255)]
+    alpha = max_alpha * np.sqrt(np.clip(evidence, 0, 1)) * 255.0
+    return np.concatenate([colour, alpha[..., None]], axis=2).round().astype(np.uint8)
+
+
+def grey_8bit(film: np.ndarray) -> np.ndarray:
+    return (np.clip(film, 0, 1) * 255.0).round().astype(np.uint8)
+
+
+def png_bytes(image: np.ndarray) -> bytes:
+    """(H, W) grey, (H, W, 3) RGB or (H, W, 4) RGBA uint8 -> PNG bytes."""
+    mode = {2: "L"}.get(image.ndim) or {3: "RGB", 4: "RGBA"}[image.shape[2]]
     buffer = io.BytesIO()
-    Image.fromarray(rgb, mode="RGB").save(buffer, format="PNG", optimize=False, compress_level=6)
+    Image.fromarray(image, mode=mode).save(buffer, format="PNG", optimize=False, compress_level=6)
     return buffer.getvalue()
 
 

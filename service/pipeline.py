@@ -221,9 +221,16 @@ class Pipeline:
         await self.infer(Prepared(film=None, inputs=inputs, decode_ms=0.0, preprocess_ms=0.0))
 
     async def predict(
-        self, data: bytes, decode_pool: ThreadPoolExecutor, *, heatmap_labels: list[str] | None = None
+        self,
+        data: bytes,
+        decode_pool: ThreadPoolExecutor,
+        *,
+        heatmap_labels: list[str] | None = None,
+        layers: bool = False,
     ) -> tuple[dict, dict[str, bytes]]:
-        """-> (the JSON-able prediction, {label: overlay PNG} for the labels asked for)."""
+        """-> (the JSON-able prediction, {label: overlay PNG} for the labels asked for). With `layers` (a viewer's
+        request): the prediction also carries the decoded film as an 8-bit PNG (`film`), and the PNGs are every
+        label's transparent heat layer at the film's size (none for a classifier without CAMs)."""
         for label in heatmap_labels or []:
             if label not in self.labels:
                 raise UnknownLabelError(f"expected a heatmap label in {self.labels}, got {label!r}")
@@ -239,13 +246,18 @@ class Pipeline:
         infer_ms = (time.perf_counter() - inferred_at) * 1e3
         self.metrics.stage.labels("inference").observe(infer_ms / 1e3)
         overlays: dict[str, bytes] = {}
-        heatmap_ms = 0.0
-        if heatmap_labels:
-            cams = outputs["classifier"][self.cam_output]
-            heat_start = time.perf_counter()
+        film_png = None
+        heat_start = time.perf_counter()
+        cams = outputs["classifier"][self.cam_output] if self.cam_output else None
+        if layers:
+            film_png, overlays = await loop.run_in_executor(decode_pool, self._render_layers, prepared.film, cams)
+        elif heatmap_labels:
             overlays = await loop.run_in_executor(decode_pool, self._render, prepared.film, cams, heatmap_labels)
-            heatmap_ms = (time.perf_counter() - heat_start) * 1e3
+        heatmap_ms = (time.perf_counter() - heat_start) * 1e3 if layers or heatmap_labels else 0.0
         result = self._postprocess(prepared, outputs)
+        if film_png is not None:
+            height, width = heatmaps.display_size(*prepared.film.pixels.shape, self.settings.heatmap_max_side)
+            result["film"] = {**encode_png(film_png), "width": width, "height": height}
         result["timings_ms"] = {
             "decode": round(prepared.decode_ms, 2),
             "preprocess": round(prepared.preprocess_ms, 2),
@@ -285,6 +297,19 @@ class Pipeline:
         return {
             label: heatmaps.render_overlay(display, cams[self.labels.index(label)], spec, film_shape)
             for label in labels
+        }
+
+    def _render_layers(self, film: Radiograph, cams: np.ndarray | None) -> tuple[bytes, dict[str, bytes]]:
+        """The film as the service decoded it (display size, 8-bit) and each label's heat layer at that size."""
+        display = heatmaps.film_for_display(film.pixels, self.settings.heatmap_max_side)
+        if cams is None:
+            return heatmaps.png_bytes(heatmaps.grey_8bit(display)), {}
+        spec = self.specs["classifier"]
+        return heatmaps.png_bytes(heatmaps.grey_8bit(display)), {
+            label: heatmaps.png_bytes(
+                heatmaps.heat_layer(heatmaps.evidence_map(cams[i], film.pixels.shape, spec, display.shape))
+            )
+            for i, label in enumerate(self.labels)
         }
 
     def _postprocess(self, prepared: Prepared, outputs: dict[str, dict[str, np.ndarray]]) -> dict:
@@ -416,8 +441,9 @@ class Pipeline:
         }
 
 
+def encode_png(png: bytes) -> dict[str, str]:
+    return {"media_type": "image/png", "encoding": "base64", "data": base64.b64encode(png).decode("ascii")}
+
+
 def encode_overlays(overlays: dict[str, bytes]) -> dict[str, dict]:
-    return {
-        label: {"media_type": "image/png", "encoding": "base64", "data": base64.b64encode(png).decode("ascii")}
-        for label, png in overlays.items()
-    }
+    return {label: encode_png(png) for label, png in overlays.items()}

@@ -55,4 +55,3 @@ def server_items(request: JobRequest, settings: Settings) -> tuple[str, str, lis
 def remove_workdir(workdir: str | Path | None) -> None:
     if workdir:
         shutil.rmtree(workdir, ignore_errors=True)
-

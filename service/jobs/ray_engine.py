@@ -186,4 +186,3 @@ class RayJobRunner:
             num_gpus=1 if cluster_gpus() else 0,
         )
         yield from scored.iter_batches(batch_size=None, batch_format="numpy")
-

@@ -200,4 +200,3 @@ class JobRunner:
         written = await self._db(self.store.complete, outcomes)
         self.scored += written
         return len(claimed)
-

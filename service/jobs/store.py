@@ -240,6 +240,15 @@ class JobStore:
                 connection.execute(update(jobs).where(jobs.c.id == job_id).values(skipped=jobs.c.skipped + skipped))
         return self.get_job(job_id)
 
+    def get_item(self, job_id: str, position: int) -> dict[str, Any] | None:
+        with self.engine.connect() as connection:
+            row = (
+                connection.execute(select(items).where(items.c.job_id == job_id, items.c.position == position))
+                .mappings()
+                .first()
+            )
+        return dict(row) if row is not None else None
+
     def item_counts(self, job_id: str) -> dict[str, int]:
         """Items by state, counted from the item rows themselves (the job row keeps running totals)."""
         with self.engine.connect() as connection:

@@ -17,9 +17,11 @@ from service.dependencies import ManagerDep, PrincipalDep, SettingsDep, form_fil
 from service.errors import ProblemError
 from service.jobs.intake import new_workdir, remove_workdir, server_items, unpack_upload
 from service.jobs.results import stream_rows
+from service.jobs.runner import ItemProblem, read_file
 from service.jobs.sources import save_stream
 from service.jobs.status import job_status
 from service.jobs.store import JobNotFoundError, JobStore
+from service.pipeline import encode_overlays
 from service.schemas import JobList, JobRequest, JobStatus
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -167,6 +169,31 @@ async def job_results(
         media_type=RESULT_TYPES[format],
         headers={"Content-Disposition": f'attachment; filename="job-{job_id}.{format}"'},
     )
+
+
+@router.get(
+    "/{job_id}/items/{position}/view",
+    summary="one item's film scored again for the viewer, as /v1/predict/view answers (while the file exists)",
+)
+async def item_view(
+    request: Request, principal: PrincipalDep, settings: SettingsDep, manager: ManagerDep, job_id: str, position: int
+) -> dict:
+    await _visible_job(request, principal, job_id)
+    item = await asyncio.to_thread(_store(request).get_item, job_id, position)
+    if item is None:
+        raise ProblemError(404, "item_not_found", f"job {job_id!r} has no item at position {position}")
+    try:
+        data = await asyncio.to_thread(read_file, item["path"], settings.max_upload_bytes)
+    except FileNotFoundError as error:
+        raise ProblemError(
+            410, "film_gone", "the film is no longer on the server (an uploaded zip is removed when its job is over)"
+        ) from error
+    except ItemProblem as error:
+        raise ProblemError(413, error.code, error.detail) from error
+    async with request.app.state.admission.slot(), manager.acquire() as pipeline:
+        result, layers = await pipeline.predict(data, request.app.state.decode_pool, layers=True)
+    result["heat_layers"] = encode_overlays(layers)
+    return result
 
 
 @router.delete("/{job_id}", summary="cancel: queued items are skipped, items being scored finish")

@@ -11,6 +11,12 @@ from service.state import NotReadyError
 router = APIRouter(prefix="/v1/models", tags=["models"])
 
 
+def training_summary(data: dict, provenance: str) -> dict:
+    """What a clinician should know of a model's training data: its sources, how many training films, licences."""
+    train = (data.get("splits") or {}).get("train") or {}
+    return {"sources": data.get("sources", []), "train_images": train.get("n"), "provenance": provenance}
+
+
 @router.get("", summary="models served now (name, version, sha256, labels, thresholds, device)", dependencies=[UserDep])
 async def list_models(manager: ManagerDep) -> dict:
     async with manager.acquire() as pipeline:
@@ -22,6 +28,7 @@ async def list_models(manager: ManagerDep) -> dict:
                 outlier_threshold=manifest.outlier_threshold,
                 metrics=manifest.metrics,
                 intended_use=manifest.intended_use,
+                training_data=training_summary(manifest.data, manifest.provenance),
             )
         return described
 

@@ -59,14 +59,16 @@ async def read_upload(request: Request) -> bytes:
 
 
 async def run_prediction(
-    request: Request, manager, heatmap_labels: list[str] | None, all_heatmaps: bool = False
+    request: Request, manager, heatmap_labels: list[str] | None, all_heatmaps: bool = False, layers: bool = False
 ) -> tuple[dict, dict[str, bytes]]:
     """Admission (before the body is read), then upload -> pipeline; errors map to problems in service.errors."""
     async with request.app.state.admission.slot():
         data = await read_upload(request)
         async with manager.acquire() as pipeline:
             labels = list(pipeline.labels) if all_heatmaps else heatmap_labels
-            result, overlays = await pipeline.predict(data, request.app.state.decode_pool, heatmap_labels=labels)
+            result, overlays = await pipeline.predict(
+                data, request.app.state.decode_pool, heatmap_labels=labels, layers=layers
+            )
     request_id = request.state.request_id
     log.info(
         "prediction",
@@ -93,6 +95,17 @@ async def predict(
     result, overlays = await run_prediction(request, manager, None, all_heatmaps=heatmaps)
     if heatmaps:
         result["heatmaps"] = encode_overlays(overlays)
+    return result
+
+
+@router.post(
+    "/view",
+    summary="what a viewer shows: the prediction, the decoded film (8-bit PNG) and a transparent heat layer per label",
+    openapi_extra=UPLOAD_DOC,
+)
+async def predict_view(request: Request, manager: ManagerDep) -> dict:
+    result, layers = await run_prediction(request, manager, None, layers=True)
+    result["heat_layers"] = encode_overlays(layers)
     return result
 
 
