@@ -48,7 +48,7 @@ def _env(tmp: Path, database_url: str, films: Path, **extra: str) -> dict[str, s
         "XRAY_GPUS": "none",
         "XRAY_INTRA_OP_THREADS": "1",
         "XRAY_DECODE_THREADS": "1",
-        "XRAY_JOB_CHUNK_SIZE": "8",
+        "XRAY_JOB_CHUNK_SIZE": "32",  # a chunk is in flight far longer than the commit-to-claim gap between chunks
         "XRAY_JOB_POLL_S": "0.2",
         "XRAY_LOG_JSON": "true",
         **extra,
@@ -65,12 +65,17 @@ def _start(command: str, env: dict[str, str], log: Path) -> tuple[subprocess.Pop
     return launch_xray(["worker"], env, log), None
 
 
-def _wait_for(store: JobStore, job_id: str, done_at_least: int, timeout_s: float, log: Path) -> dict:
+def _wait_for(
+    store: JobStore, job_id: str, done_at_least: int, timeout_s: float, log: Path, holding_claims: bool = False
+) -> dict:
+    """Until `done_at_least` items are done (and the job is over when that is all of them; with `holding_claims`,
+    also while some items are claimed, so that a kill now leaves claims behind)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         job = store.get_job(job_id)
         finished = job["state"] not in ("queued", "running") or done_at_least < job["total"]
-        if job["succeeded"] + job["failed"] >= done_at_least and finished:
+        claimed = not holding_claims or store.item_counts(job_id).get("running", 0) > 0
+        if job["succeeded"] + job["failed"] >= done_at_least and finished and claimed:
             return job
         time.sleep(0.02)
     reached = job["succeeded"] + job["failed"]
@@ -101,7 +106,7 @@ def test_a_job_survives_kill_9_halfway_with_every_item_scored_once(
                 new_items=found,
             )
         total = 200 * COPIES
-        before = _wait_for(store, job_id, 40, 120, log)
+        before = _wait_for(store, job_id, 64, 120, log, holding_claims=True)
         os.kill(process.pid, signal.SIGKILL)
         process.wait(timeout=10)
         halfway = store.get_job(job_id)
