@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 
@@ -22,6 +23,7 @@ from service.jobs.store import JobStore
 from service.logs import configure_logging
 from service.metrics import ServiceMetrics
 from service.middleware import RequestContextMiddleware
+from service.openapi import install_contract
 from service.routes import health, jobs, models, predict
 from service.security import KeyRing
 from service.state import ModelManager
@@ -67,12 +69,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.admission = Admission(settings.max_active_uploads)
     app.state.job_engine = None  # the runner scoring jobs in this process, if any (service.jobs.engines)
     install_error_handlers(app)
+    install_contract(app)
     app.add_middleware(
         RequestContextMiddleware,
         metrics=metrics,
         max_upload_bytes=settings.max_upload_bytes,
         path_limits={"/v1/jobs": settings.job_max_upload_bytes},
     )
+    if settings.cors_origins:  # closed unless configured: the page is served from the API's own origin
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "DELETE"],
+            allow_headers=["Authorization", "X-API-Key", "Content-Type", "X-Request-ID"],
+            expose_headers=["X-Request-ID", "Location", "Retry-After"],
+        )
     for router in (health.router, models.router, predict.router, jobs.router):
         app.include_router(router)
 

@@ -63,6 +63,10 @@ class Settings(CoreSettings):
         validation_alias=AliasChoices("PROMETHEUS_MULTIPROC_DIR", "XRAY_PROMETHEUS_MULTIPROC_DIR"),
         description="shared metrics folder of several worker processes (set by `xray serve --workers N`)",
     )
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="comma-separated origins allowed to call the API from a browser; empty = none (CORS closed)",
+    )
     log_level: str = "INFO"
     log_json: bool = Field(default=True, description="structured JSON log lines (false: plain text)")
 
@@ -98,7 +102,7 @@ class Settings(CoreSettings):
     job_max_entries: int = Field(default=50_000, ge=1, description="most entries a job zip may hold")
     job_max_zip_ratio: float = Field(default=200.0, gt=1, description="an entry packed tighter than this is a bomb")
 
-    @field_validator("api_keys", "allowed_source_roots", mode="before")
+    @field_validator("api_keys", "allowed_source_roots", "cors_origins", mode="before")
     @classmethod
     def _split_commas(cls, value: object) -> object:
         if isinstance(value, str):

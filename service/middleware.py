@@ -21,6 +21,24 @@ log = logging.getLogger("service.access")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 
+# The clinician page needs nothing but its own files and data: URLs for the PNGs the API returns. FastAPI's /docs
+# pages load Swagger UI from a CDN with inline script, so they get only the framing and sniffing rules.
+PAGE_POLICY = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; connect-src 'self'; "
+    "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+)
+DOCS_POLICY = "frame-ancestors 'none'"
+DOCS_PATHS = ("/docs", "/redoc")
+
+
+def security_headers(path: str, content_type: str) -> list[tuple[bytes, bytes]]:
+    headers = [(b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"no-referrer")]
+    if content_type.startswith("text/html"):
+        policy = DOCS_POLICY if path.startswith(DOCS_PATHS) else PAGE_POLICY
+        headers += [(b"content-security-policy", policy.encode()), (b"x-frame-options", b"DENY")]
+    return headers
+
+
 def too_large(limit: int, got: str) -> ProblemError:
     return ProblemError(413, "upload_too_large", f"expected an upload of at most {limit} bytes, got {got}")
 
@@ -50,8 +68,13 @@ class RequestContextMiddleware:
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
                 status["code"] = message["status"]
-                message.setdefault("headers", [])
-                message["headers"] = [*message["headers"], (b"x-request-id", request_id.encode("ascii"))]
+                headers = list(message.get("headers", []))
+                content_type = next((v.decode("latin-1") for k, v in headers if k.lower() == b"content-type"), "")
+                message["headers"] = [
+                    *headers,
+                    (b"x-request-id", request_id.encode("ascii")),
+                    *security_headers(scope["path"], content_type),
+                ]
             await send(message)
 
         async def counted_receive() -> Message:

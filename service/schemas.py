@@ -64,3 +64,152 @@ class JobList(BaseModel):
     total: int
     limit: int
     offset: int
+
+
+# -- predictions ---------------------------------------------------------------------------------------------------
+class ModelRef(BaseModel):
+    name: str
+    version: int
+    sha256: str = Field(description="sha256 of the ONNX file that made the prediction")
+    precision: str = Field(description="fp32 or int8")
+    device: str = Field(description="cpu, cuda or tensorrt, as the session confirmed after creation")
+
+
+class ImageFacts(BaseModel):
+    """What the decoder found; never patient data."""
+
+    format: str = Field(description="png, jpeg or dicom")
+    modality: str | None = None
+    view_position: str | None = None
+    body_part: str | None = None
+    photometric: str | None = None
+    bits_stored: int | None = None
+    transfer_syntax: str | None = None
+    voi_source: str | None = Field(default=None, description="which VOI step set the display range")
+    width: int
+    height: int
+
+
+class FilmChecks(BaseModel):
+    statistics: dict[str, float] | None = Field(description="the full-resolution film's sanity statistics")
+    failed: list[str] = Field(description="codes of the checks that failed")
+    verdict: Literal["in_distribution", "outlier"]
+
+
+class GateComponent(BaseModel):
+    score: float
+    threshold: float
+    relative: float | None = Field(default=None, description="score / threshold")
+    verdict: Literal["in_distribution", "outlier"]
+
+
+class OutlierComponents(BaseModel):
+    film_checks: FilmChecks
+    reconstruction: GateComponent | None = None
+    feature: GateComponent | None = None
+    combined: GateComponent | None = None
+
+
+class Outlier(BaseModel):
+    score: float | None = Field(description="the autoencoder's reconstruction error (null without an autoencoder)")
+    threshold: float | None
+    verdict: Literal["in_distribution", "outlier", "not_checked"]
+    components: OutlierComponents
+
+
+class Reliability(BaseModel):
+    status: Literal["reliable", "unreliable"]
+    reasons: list[str] = Field(description="one sentence per reason the findings should not be trusted")
+
+
+class Finding(BaseModel):
+    label: str
+    probability: float = Field(description="calibrated probability")
+    threshold: float
+    positive: bool
+
+
+class Abnormal(Finding):
+    source: Literal["abnormal_head", "max_finding"] = Field(
+        description="a dedicated abnormality head, or the most probable finding standing in for one"
+    )
+
+
+class Timings(BaseModel):
+    decode: float
+    preprocess: float
+    inference_incl_queue: float
+    heatmaps: float
+    total: float
+
+
+class EncodedImage(BaseModel):
+    media_type: Literal["image/png"]
+    encoding: Literal["base64"]
+    data: str
+
+
+class Film(EncodedImage):
+    width: int
+    height: int
+
+
+class Prediction(BaseModel):
+    request_id: str
+    models: dict[str, ModelRef] = Field(description="by role: classifier, and autoencoder when the gate has one")
+    alias: str
+    image: ImageFacts
+    outlier: Outlier
+    reliability: Reliability
+    abnormal: Abnormal
+    findings: list[Finding] = Field(description="every pathology, most probable first")
+    intended_use: str
+    timings_ms: Timings
+    heatmaps: dict[str, EncodedImage] | None = Field(
+        default=None, description="with ?heatmaps=true: an overlay PNG per label"
+    )
+
+
+class PredictionView(Prediction):
+    film: Film = Field(description="the decoded film as an 8-bit grey PNG")
+    heat_layers: dict[str, EncodedImage] = Field(description="a transparent RGBA heat layer per label, film-sized")
+
+
+PROBLEM_MEDIA_TYPE = "application/problem+json"
+STATUS_MEANINGS = {
+    400: "the request carried no usable body",
+    401: "no API key, or an unknown one",
+    403: "the key's scope does not allow this",
+    404: "no such resource for this key",
+    406: "the Accept header excludes what this endpoint answers",
+    409: "the request conflicts with the served models (e.g. heatmaps from a model without CAMs)",
+    410: "the resource existed but is gone",
+    413: "the body (or an entry in it) is over the size limit",
+    415: "not a media type or image format this endpoint reads",
+    422: "the request or its image did not validate",
+    429: "this key is over its rate limit; retry after Retry-After seconds",
+    500: "the server failed; the answer carries a request id to quote",
+    503: "overloaded or not ready; retry after Retry-After seconds",
+}
+
+
+def problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` for the statuses a route can answer, each a Problem as application/problem+json."""
+    return {
+        status: {
+            "description": STATUS_MEANINGS[status],
+            "content": {PROBLEM_MEDIA_TYPE: {"schema": {"$ref": "#/components/schemas/Problem"}}},
+        }
+        for status in statuses
+    }
+
+
+class Problem(BaseModel):
+    """RFC 9457 problem details: every 4xx and 5xx answer, as application/problem+json."""
+
+    type: str = Field(description="a URI naming the problem kind")
+    title: str
+    status: int
+    detail: str = Field(description="what was expected and what arrived, in a sentence")
+    code: str = Field(description="a stable snake_case code for clients")
+    request_id: str | None = Field(default=None, description="on 500s: the id the server's logs carry")

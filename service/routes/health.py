@@ -4,25 +4,51 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any, Literal
 
 from fastapi import APIRouter, Request, Response
+from pydantic import BaseModel, Field
 
 from service.batching import QueueFullError
 from service.dependencies import ManagerDep, SettingsDep
 from service.errors import problem_response
+from service.schemas import problems
 
 router = APIRouter(tags=["health"])
 PROBE_REUSE_S = 1.0
 
 
-@router.get("/healthz", summary="the process is alive")
-@router.get("/v2/health/live", include_in_schema=False)
+class Alive(BaseModel):
+    status: Literal["alive"]
+
+
+class Ready(BaseModel):
+    status: Literal["ready"]
+    alias: str
+    models: dict[str, dict[str, Any]] = Field(description="by role: name, version, sha256, device, labels, ...")
+
+
+READY_DOC = {"model": Ready, "description": "ready"}
+
+
+@router.get("/healthz", summary="the process is alive", response_model=Alive)
+@router.get("/v2/health/live", summary="the process is alive (KServe v2 path)", response_model=Alive)
 async def healthz() -> dict:
     return {"status": "alive"}
 
 
-@router.get("/readyz", summary="models loaded, and a zero image just ran through each session", response_model=None)
-@router.get("/v2/health/ready", include_in_schema=False, response_model=None)
+@router.get(
+    "/readyz",
+    summary="models loaded, and a zero image just ran through each session",
+    response_model=None,
+    responses={200: READY_DOC, **problems(503)},
+)
+@router.get(
+    "/v2/health/ready",
+    summary="ready (KServe v2 path)",
+    response_model=None,
+    responses={200: READY_DOC, **problems(503)},
+)
 async def readyz(request: Request, manager: ManagerDep, settings: SettingsDep) -> Response | dict:
     """Unauthenticated, so a success is reused for PROBE_REUSE_S: probes cannot be used to fill the queues."""
     pipeline = manager.current

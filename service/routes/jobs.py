@@ -22,7 +22,7 @@ from service.jobs.sources import save_stream
 from service.jobs.status import job_status
 from service.jobs.store import JobNotFoundError, JobStore
 from service.pipeline import encode_overlays
-from service.schemas import JobList, JobRequest, JobStatus
+from service.schemas import JobList, JobRequest, JobStatus, PredictionView, problems
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 ZIP_TYPES = ("application/zip", "application/x-zip-compressed")
@@ -87,7 +87,12 @@ async def _uploaded_items(request: Request, media: str, settings) -> tuple[str, 
 
 
 @router.post(
-    "", status_code=202, summary="submit a batch scoring job", openapi_extra=SUBMIT_DOC, response_model=JobStatus
+    "",
+    status_code=202,
+    summary="submit a batch scoring job",
+    openapi_extra=SUBMIT_DOC,
+    response_model=JobStatus,
+    responses=problems(400, 403, 404, 413, 415, 422, 503),
 )
 async def submit_job(
     request: Request, response: Response, principal: PrincipalDep, settings: SettingsDep, manager: ManagerDep
@@ -144,7 +149,9 @@ async def list_jobs(
     return JobList(jobs=[job_status(row) for row in rows], total=total, limit=limit, offset=offset)
 
 
-@router.get("/{job_id}", summary="a job's state, counts, images/s and ETA", response_model=JobStatus)
+@router.get(
+    "/{job_id}", summary="a job's state, counts, images/s and ETA", response_model=JobStatus, responses=problems(404)
+)
 async def get_job(request: Request, principal: PrincipalDep, job_id: str) -> JobStatus:
     return job_status(await _visible_job(request, principal, job_id))
 
@@ -153,7 +160,7 @@ async def get_job(request: Request, principal: PrincipalDep, job_id: str) -> Job
     "/{job_id}/results",
     summary="one row per item: CSV (a column per label) or JSON lines (the full prediction)",
     response_class=StreamingResponse,
-    responses={200: {"content": {"text/csv": {}, "application/x-ndjson": {}}}},
+    responses={200: {"content": {"text/csv": {}, "application/x-ndjson": {}}}, **problems(404)},
 )
 async def job_results(
     request: Request,
@@ -174,6 +181,9 @@ async def job_results(
 @router.get(
     "/{job_id}/items/{position}/view",
     summary="one item's film scored again for the viewer, as /v1/predict/view answers (while the file exists)",
+    response_model=PredictionView,
+    response_model_exclude_unset=True,
+    responses=problems(404, 410, 413, 415, 422, 503),
 )
 async def item_view(
     request: Request, principal: PrincipalDep, settings: SettingsDep, manager: ManagerDep, job_id: str, position: int
@@ -192,11 +202,15 @@ async def item_view(
         raise ProblemError(413, error.code, error.detail) from error
     async with request.app.state.admission.slot(), manager.acquire() as pipeline:
         result, layers = await pipeline.predict(data, request.app.state.decode_pool, layers=True)
-    result["heat_layers"] = encode_overlays(layers)
-    return result
+    return {"request_id": request.state.request_id, **result, "heat_layers": encode_overlays(layers)}
 
 
-@router.delete("/{job_id}", summary="cancel: queued items are skipped, items being scored finish")
+@router.delete(
+    "/{job_id}",
+    summary="cancel: queued items are skipped, items being scored finish",
+    response_model=JobStatus,
+    responses=problems(404),
+)
 async def cancel_job(request: Request, principal: PrincipalDep, job_id: str) -> JobStatus:
     await _visible_job(request, principal, job_id)
     return job_status(await asyncio.to_thread(_store(request).cancel, job_id))

@@ -6,6 +6,7 @@ from fastapi import APIRouter
 
 from service.dependencies import AdminDep, ManagerDep, UserDep
 from service.errors import ProblemError
+from service.schemas import problems
 from service.state import NotReadyError
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
@@ -33,7 +34,12 @@ async def list_models(manager: ManagerDep) -> dict:
         return described
 
 
-@router.post("/reload", summary="load the registry's current aliases and swap atomically", dependencies=[AdminDep])
+@router.post(
+    "/reload",
+    summary="load the registry's current aliases and swap atomically",
+    dependencies=[AdminDep],
+    responses=problems(403, 503),
+)
 async def reload_models(manager: ManagerDep) -> dict:
     try:
         before, after = await manager.reload()

@@ -11,6 +11,7 @@ from models.imaging import sniff_format
 from service.dependencies import ManagerDep, SettingsDep, UserDep, form_file
 from service.errors import ProblemError
 from service.pipeline import encode_overlays
+from service.schemas import Prediction, PredictionView, problems
 
 router = APIRouter(prefix="/v1/predict", tags=["predict"], dependencies=[UserDep])
 log = logging.getLogger("service.predict")
@@ -86,7 +87,14 @@ async def run_prediction(
     return {"request_id": request_id, **result}, overlays
 
 
-@router.post("", summary="score one radiograph (PNG, JPEG or DICOM)", openapi_extra=UPLOAD_DOC)
+@router.post(
+    "",
+    summary="score one radiograph (PNG, JPEG or DICOM)",
+    openapi_extra=UPLOAD_DOC,
+    response_model=Prediction,
+    response_model_exclude_unset=True,
+    responses=problems(400, 409, 413, 415, 422, 503),
+)
 async def predict(
     request: Request,
     manager: ManagerDep,
@@ -102,6 +110,9 @@ async def predict(
     "/view",
     summary="what a viewer shows: the prediction, the decoded film (8-bit PNG) and a transparent heat layer per label",
     openapi_extra=UPLOAD_DOC,
+    response_model=PredictionView,
+    response_model_exclude_unset=True,
+    responses=problems(400, 413, 415, 422, 503),
 )
 async def predict_view(request: Request, manager: ManagerDep) -> dict:
     result, layers = await run_prediction(request, manager, None, layers=True)
@@ -114,7 +125,7 @@ async def predict_view(request: Request, manager: ManagerDep) -> dict:
     summary="one label's heatmap overlay as a PNG",
     openapi_extra=UPLOAD_DOC,
     response_class=Response,
-    responses={200: {"content": {"image/png": {}}}},
+    responses={200: {"content": {"image/png": {}}}, **problems(400, 406, 409, 413, 415, 422, 503)},
 )
 async def predict_heatmap(
     request: Request,

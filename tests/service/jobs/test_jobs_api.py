@@ -92,6 +92,11 @@ def test_a_folder_jobs_results_equal_predict_for_the_same_bytes(client: TestClie
     rows = [json.loads(line) for line in lines.text.splitlines()]
     assert [row["position"] for row in rows] == list(range(200))
     assert len({row["reference"] for row in rows}) == 200
+    viewed = client.get(f"/v1/jobs/{job['id']}/items/0/view", headers={"X-API-Key": USER_A}).json()
+    assert viewed["findings"] == rows[0]["result"]["findings"] and viewed["film"]["width"] >= 256
+    assert set(viewed["heat_layers"]) == set(job["models"]["classifier"]["labels"])
+    assert client.get(f"/v1/jobs/{job['id']}/items/999/view", headers={"X-API-Key": USER_A}).status_code == 404
+    assert client.get(f"/v1/jobs/{job['id']}/items/0/view", headers={"X-API-Key": USER_B}).status_code == 404
     for row in rows[::40]:
         data = Path(row["reference"]).read_bytes()
         predicted = client.post(
@@ -132,6 +137,8 @@ def test_a_zip_job_scores_images_and_reports_non_images_per_item(client: TestCli
     while any((path / "files" / "a" / "film.png").exists() for path in uploads.iterdir()):
         assert time.monotonic() < deadline, "the finished job's unpacked files were not removed"
         time.sleep(0.1)
+    gone = client.get(f"/v1/jobs/{job['id']}/items/0/view", headers={"X-API-Key": USER_A})
+    assert (gone.status_code, gone.json()["code"]) == (410, "film_gone")
     raw = client.post(
         "/v1/jobs", content=_zip({"x.png": phantom_png(seed=3)}), headers={"Content-Type": "application/zip"}
     )
