@@ -1,4 +1,4 @@
-"""Pure-ASGI middleware: request ids, upload size limit, access log line and HTTP metrics.
+"""Pure-ASGI middleware: request ids, upload size limits, security headers, access log line and HTTP metrics.
 
 The size limit is enforced twice: a declared Content-Length over the limit is refused before any byte is read,
 and a body without one (chunked) is counted as it streams, so nobody can push an unbounded upload.
