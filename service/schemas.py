@@ -175,6 +175,42 @@ class PredictionView(Prediction):
     heat_layers: dict[str, EncodedImage] = Field(description="a transparent RGBA heat layer per label, film-sized")
 
 
+# -- models --------------------------------------------------------------------------------------------------------
+class SessionInfo(BaseModel):
+    """A loaded model as its ONNX Runtime session runs it."""
+
+    name: str
+    version: int
+    alias: str | None = Field(description="the registry alias it was reached through")
+    kind: str = Field(description="classifier or autoencoder")
+    precision: str
+    sha256: str
+    labels: list[str] = Field(description="the classifier's outputs, in order (empty for an autoencoder)")
+    input_size: int
+    providers: list[str] = Field(description="as the session confirmed after creation; the first runs the graph")
+    device: str
+    warm: bool
+
+
+class TrainingData(BaseModel):
+    sources: list[str]
+    train_images: int | None
+    provenance: str = Field(description="data provenance and licences, in words")
+
+
+class ServedModel(SessionInfo):
+    thresholds: dict[str, float] = Field(description="per-label thresholds on calibrated probabilities")
+    outlier_threshold: float | None
+    metrics: dict[str, Any] = Field(description="held-out metrics from training and evaluation, as exported")
+    intended_use: str
+    training_data: TrainingData
+
+
+class ServedModels(BaseModel):
+    alias: str
+    models: dict[str, ServedModel] = Field(description="by role: classifier, autoencoder")
+
+
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 STATUS_MEANINGS = {
     400: "the request carried no usable body",

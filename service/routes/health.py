@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any, Literal
+from typing import Literal
 
 from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, Field
@@ -12,7 +12,7 @@ from pydantic import BaseModel, Field
 from service.batching import QueueFullError
 from service.dependencies import ManagerDep, SettingsDep
 from service.errors import problem_response
-from service.schemas import problems
+from service.schemas import SessionInfo, problems
 
 router = APIRouter(tags=["health"])
 PROBE_REUSE_S = 1.0
@@ -25,7 +25,7 @@ class Alive(BaseModel):
 class Ready(BaseModel):
     status: Literal["ready"]
     alias: str
-    models: dict[str, dict[str, Any]] = Field(description="by role: name, version, sha256, device, labels, ...")
+    models: dict[str, SessionInfo] = Field(description="by role: classifier, autoencoder")
 
 
 READY_DOC = {"model": Ready, "description": "ready"}

@@ -6,7 +6,7 @@ from fastapi import APIRouter
 
 from service.dependencies import AdminDep, ManagerDep, UserDep
 from service.errors import ProblemError
-from service.schemas import problems
+from service.schemas import ServedModels, problems
 from service.state import NotReadyError
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
@@ -18,7 +18,13 @@ def training_summary(data: dict, provenance: str) -> dict:
     return {"sources": data.get("sources", []), "train_images": train.get("n"), "provenance": provenance}
 
 
-@router.get("", summary="models served now (name, version, sha256, labels, thresholds, device)", dependencies=[UserDep])
+@router.get(
+    "",
+    summary="models served now (name, version, sha256, labels, thresholds, device)",
+    dependencies=[UserDep],
+    response_model=ServedModels,
+    responses=problems(503),
+)
 async def list_models(manager: ManagerDep) -> dict:
     async with manager.acquire() as pipeline:
         described = pipeline.describe()

@@ -44,8 +44,16 @@ def test_every_error_is_a_problem_and_every_answer_is_typed() -> None:
             for status, response in responses.items():
                 if int(status) >= 400:
                     assert list(response["content"]) == ["application/problem+json"], (method, path, status)
-    ok = schema["paths"]["/v1/predict"]["post"]["responses"]["200"]["content"]["application/json"]["schema"]
-    assert ok == {"$ref": "#/components/schemas/Prediction"}
+    for path, method, model in [
+        ("/v1/predict", "post", "Prediction"),
+        ("/v1/predict/view", "post", "PredictionView"),
+        ("/v1/models", "get", "ServedModels"),
+        ("/v1/jobs", "post", "JobStatus"),
+        ("/v1/jobs", "get", "JobList"),
+        ("/healthz", "get", "Alive"),
+    ]:
+        ok = schema["paths"][path][method]["responses"]["200" if method == "get" or path != "/v1/jobs" else "202"]
+        assert ok["content"]["application/json"]["schema"] == {"$ref": f"#/components/schemas/{model}"}, path
     prediction = schema["components"]["schemas"]["Prediction"]["properties"]
     assert {"models", "image", "outlier", "reliability", "abnormal", "findings", "timings_ms"} <= set(prediction)
     assert {"/v2/health/live", "/v2/health/ready", "/v1/predict/view", "/v1/jobs"} <= set(schema["paths"])
