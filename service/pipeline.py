@@ -302,10 +302,11 @@ class Pipeline:
     def _render_layers(self, film: Radiograph, cams: np.ndarray | None) -> tuple[bytes, dict[str, bytes]]:
         """The film as the service decoded it (display size, 8-bit) and each label's heat layer at that size."""
         display = heatmaps.film_for_display(film.pixels, self.settings.heatmap_max_side)
+        film_png = heatmaps.png_bytes(heatmaps.grey_8bit(display))
         if cams is None:
-            return heatmaps.png_bytes(heatmaps.grey_8bit(display)), {}
+            return film_png, {}
         spec = self.specs["classifier"]
-        return heatmaps.png_bytes(heatmaps.grey_8bit(display)), {
+        return film_png, {
             label: heatmaps.png_bytes(
                 heatmaps.heat_layer(heatmaps.evidence_map(cams[i], film.pixels.shape, spec, display.shape))
             )

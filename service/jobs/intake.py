@@ -17,7 +17,6 @@ UPLOADS = "uploads"
 
 def source_limits(settings: Settings) -> SourceLimits:
     return SourceLimits(
-        max_upload_bytes=settings.job_max_upload_bytes,
         max_uncompressed_bytes=settings.job_max_uncompressed_bytes,
         max_entries=settings.job_max_entries,
         max_ratio=settings.job_max_zip_ratio,

@@ -37,7 +37,6 @@ class SourceError(ValueError):
 
 @dataclass(frozen=True)
 class SourceLimits:
-    max_upload_bytes: int = 2 * 1024**3  # compressed zip size as uploaded
     max_uncompressed_bytes: int = 8 * 1024**3  # sum of entries' uncompressed sizes
     max_entries: int = 50_000  # entries in one zip (directories included)
     max_ratio: float = 200.0  # an entry's uncompressed/compressed ratio above this = zip bomb

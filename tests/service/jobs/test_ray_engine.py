@@ -79,8 +79,8 @@ def _ray_results(folder: Path, tmp_path: Path) -> tuple[dict[str, dict], dict]:
             await runner.stop(60)
 
     asyncio.run(run())
-    results = {row["reference"]: row["result"] for row in store.iter_items(job_id)}
     rows = list(store.iter_items(job_id))
+    results = {row["reference"]: row["result"] for row in rows}
     job = store.get_job(job_id)
     store.close()
     assert {row["attempts"] for row in rows} == {1}
