@@ -27,6 +27,7 @@ import numpy as np
 import pydicom
 from PIL import Image
 from pydicom.dataset import Dataset
+from pydicom.encaps import generate_frames
 from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi, apply_windowing, get_decoder
 from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
@@ -43,6 +44,7 @@ __all__ = [
     "MultiFrameError",
     "NotAnImageError",
     "Radiograph",
+    "UnsupportedPixelDataError",
     "UnsupportedTransferSyntaxError",
     "decode",
     "decode_file",
@@ -74,6 +76,13 @@ class NotAnImageError(ImagingError):
 
 class UnsupportedTransferSyntaxError(ImagingError):
     code = "unsupported_transfer_syntax"
+    http_status = 415
+
+
+class UnsupportedPixelDataError(ImagingError):
+    """A valid DICOM pixel encoding that no radiograph uses (Float / Double Float Pixel Data of parametric maps)."""
+
+    code = "unsupported_pixel_data"
     http_status = 415
 
 
@@ -246,11 +255,11 @@ _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")  # "I": 16-bit PNG
 
 def _decode_pillow(data: bytes, fmt: str, max_pixels: int, min_side: int) -> Radiograph:
     # Image.open only parses the header; `formats` keeps Pillow from guessing other formats.
-    with _typed_errors(CorruptPixelDataError, f"could not read the {fmt.upper()} header", str):
+    with _typed_errors(CorruptPixelDataError, f"could not read the {fmt.upper()} header", _pillow_message):
         image = _pillow_step(lambda: Image.open(BytesIO(data), formats=[fmt.upper()]), max_pixels)
     width, height = image.size
     _check_size(width, height, max_pixels, min_side)
-    with _typed_errors(CorruptPixelDataError, f"could not decode the {fmt.upper()} image", str):
+    with _typed_errors(CorruptPixelDataError, f"could not decode the {fmt.upper()} image", _pillow_message):
         # load() raises on truncated data because ImageFile.LOAD_TRUNCATED_IMAGES stays False.
         _pillow_step(image.load, max_pixels)
         pixels, bits = _pil_to_unit(image)
@@ -259,6 +268,13 @@ def _decode_pillow(data: bytes, fmt: str, max_pixels: int, min_side: int) -> Rad
 
 
 _T = TypeVar("_T")
+_OBJECT_REPR = re.compile(r" ?<[\w.]+ object at 0x[0-9a-fA-F]+>")
+
+
+def _pillow_message(message: str) -> str:
+    """Pillow's message without the reprs of our own buffers ("cannot identify image file <_io.BytesIO object at
+    0x7f...>"): a memory address tells the client nothing about its bytes."""
+    return _OBJECT_REPR.sub("", message)
 
 
 def _pillow_step(step: Callable[[], _T], max_pixels: int) -> _T:
@@ -271,11 +287,16 @@ def _pillow_step(step: Callable[[], _T], max_pixels: int) -> _T:
 
 def _pil_to_unit(image: Image.Image) -> tuple[np.ndarray, int]:
     """Grey float32 in [0, 1]: 16-bit grey / 65535, anything else via Pillow's luminance "L" / 255."""
+    # Scaled in place: a film under the pixel limit (7000x7000) is ~200 MB as float32, and `a / 255.0` would hold
+    # a second copy at the decode's peak (same float32 arithmetic, same values).
     if image.mode in _SIXTEEN_BIT_MODES:
-        values = np.asarray(image).astype(np.float32) / 65535.0
-        return np.clip(values, 0.0, 1.0), 16
+        values = np.asarray(image).astype(np.float32)
+        values /= np.float32(65535.0)
+        return np.clip(values, 0.0, 1.0, out=values), 16
     grey = image if image.mode == "L" else image.convert("L")  # RGB(A), LA, P, CMYK ...: alpha dropped
-    return np.asarray(grey, dtype=np.float32) / 255.0, 8
+    values = np.asarray(grey, dtype=np.float32)
+    values /= np.float32(255.0)
+    return values, 8
 
 
 # --------------------------------------------------------------------------------------------------- DICOM
@@ -296,6 +317,12 @@ _VR_PATTERNS = {
 }
 
 
+_FLOAT_PIXEL_DATA = (
+    ("FloatPixelData", "Float Pixel Data", "7FE0,0008"),
+    ("DoubleFloatPixelData", "Double Float Pixel Data", "7FE0,0009"),
+)
+
+
 @dataclass(frozen=True)
 class _Header:
     rows: int
@@ -310,6 +337,8 @@ def _decode_dicom(data: bytes, max_pixels: int, min_side: int, allow_colour: boo
         header = _check_dicom_header(ds, max_pixels, min_side, allow_colour)
         transfer_syntax = _check_transfer_syntax(ds)
         redact = _redactor(ds)
+    with _typed_errors(CorruptPixelDataError, "could not read the compressed frame's header"):
+        _check_codestream_size(ds, header, transfer_syntax, max_pixels)
     with _typed_errors(CorruptPixelDataError, "could not decode the DICOM pixel data", redact):
         stored = ds.pixel_array
         # Grey: (H, W). Colour: (H, W, 3) samples, or (H, W) indices for PALETTE COLOR.
@@ -350,14 +379,18 @@ def _read_dataset(data: bytes) -> Dataset:
 def _check_dicom_header(ds: Dataset, max_pixels: int, min_side: int, allow_colour: bool) -> _Header:
     """Every check that the header alone can answer, before a single pixel is decoded."""
     if "PixelData" not in ds:
+        floats = [f"{name} ({tag})" for keyword, name, tag in _FLOAT_PIXEL_DATA if keyword in ds]
+        if floats:  # checked first: a float image has Rows too, but nothing is truncated
+            raise UnsupportedPixelDataError(
+                f"expected integer Pixel Data (7FE0,0010), got {' and '.join(floats)}: float pixels belong to "
+                "parametric maps, not to projection radiographs"
+            )
         if "Rows" in ds:  # an image header whose pixels are missing: a file cut short
             raise CorruptPixelDataError(
                 "expected Pixel Data (7FE0,0010) for the image the header describes, got none (truncated file?)"
             )
-        sop_class = _header_text(ds, "SOPClassUID", "UI") or "not given"
         raise NotAnImageError(
-            f"expected a DICOM image with Pixel Data (7FE0,0010), got a DICOM object without it "
-            f"(SOP Class UID {sop_class})"
+            f"expected a DICOM image with Pixel Data (7FE0,0010), got a DICOM object without it ({_sop_class(ds)})"
         )
     rows, columns = _header_int(ds, "Rows"), _header_int(ds, "Columns")
     frames = _header_int(ds, "NumberOfFrames", default=1)
@@ -382,6 +415,16 @@ def _check_dicom_header(ds: Dataset, max_pixels: int, min_side: int, allow_colou
     return _Header(rows=rows, columns=columns, photometric=photometric, is_grey=is_grey)
 
 
+def _sop_class(ds: Dataset) -> str:
+    """The SOP Class for a message: the data set's, else the file meta's (a DICOMDIR carries it only there), with
+    pydicom's name for it when it has one (a UID from its dictionary, never a header's free text)."""
+    text = _header_text(ds, "SOPClassUID", "UI") or _header_text(ds.file_meta, "MediaStorageSOPClassUID", "UI")
+    if text is None:
+        return "SOP Class UID not given"
+    name = UID(text).name
+    return f"SOP Class UID {text}" + (f", {name}" if name != text else "")
+
+
 def _check_transfer_syntax(ds: Dataset) -> str:
     """Fail with a clear 415 when no installed pydicom plugin can decode this transfer syntax."""
     text = _header_text(ds.file_meta, "TransferSyntaxUID", "UI")
@@ -393,8 +436,8 @@ def _check_transfer_syntax(ds: Dataset) -> str:
         decoder = get_decoder(uid)
     except NotImplementedError as exc:
         raise UnsupportedTransferSyntaxError(
-            f"expected a transfer syntax pydicom can decode (uncompressed, JPEG, JPEG-LS, JPEG 2000, RLE), "
-            f"got {uid} ({name})"
+            "expected a transfer syntax pydicom can decode (uncompressed, deflated, JPEG, JPEG-LS, JPEG 2000, "
+            f"HTJ2K, RLE), got {uid} ({name})"
         ) from exc
     if not decoder.is_available:
         missing = "; ".join(decoder.missing_dependencies)
@@ -402,6 +445,74 @@ def _check_transfer_syntax(ds: Dataset) -> str:
             f"expected an installed decoder plugin for transfer syntax {uid} ({name}), got none ({missing})"
         )
     return text
+
+
+# JPEG start-of-frame markers (ITU T.81 B.1.1.3; 0xF7 is JPEG-LS SOF55) and markers without a length field.
+_JPEG_SOF_MARKERS = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF, 0xF7})
+_JPEG_STANDALONE_MARKERS = frozenset({0x01, *range(0xD0, 0xD9)})
+_J2K_SOC_SIZ = b"\xff\x4f\xff\x51"  # a JPEG 2000 / HTJ2K codestream starts with SOC, then SIZ
+_JP2_SIGNATURE = b"\x00\x00\x00\x0cjP  \r\n\x87\n"
+
+
+def _check_codestream_size(ds: Dataset, header: _Header, transfer_syntax: str, max_pixels: int) -> None:
+    """A compressed frame must declare the size the header does, checked before decoding.
+
+    The decoders size their buffers from the codestream, not from Rows/Columns: a 14 kB JPEG inside a 256x256
+    header whose SOF declares 60000x60000 made pylibjpeg allocate 5.7 GB and work for 29 s before failing.
+    """
+    if not UID(transfer_syntax).is_encapsulated:
+        return
+    frame = next(generate_frames(ds.PixelData, number_of_frames=1), b"")
+    size = _codestream_size(frame)
+    if size is None or size == (header.columns, header.rows):
+        return  # an unknown codestream (RLE, garbage) is the decoder's to refuse: it sizes those from the header
+    width, height = size
+    if width * height > max_pixels:
+        raise ImageTooLargeError(
+            f"expected at most {max_pixels} pixels, got a compressed frame declaring {width}x{height} = "
+            f"{width * height} (the header says {header.columns}x{header.rows})"
+        )
+    raise CorruptPixelDataError(
+        f"expected a compressed frame of {header.columns}x{header.rows} (Columns x Rows, as the header says), "
+        f"got a codestream declaring {width}x{height}"
+    )
+
+
+def _codestream_size(frame: bytes) -> tuple[int, int] | None:
+    """(width, height) a JPEG, JPEG-LS or JPEG 2000 frame declares in its own header; None when it declares none."""
+    if frame.startswith(b"\xff\xd8"):
+        return _jpeg_frame_size(frame)
+    start = 0 if frame.startswith(_J2K_SOC_SIZ) else -1
+    if frame.startswith(_JP2_SIGNATURE):  # a JP2 file where a bare codestream belongs: its codestream box holds one
+        start = frame.find(_J2K_SOC_SIZ)
+    if start < 0 or len(frame) < start + 24:
+        return None
+    # SOC(2) SIZ(2) Lsiz(2) Rsiz(2), then Xsiz, Ysiz, XOsiz, YOsiz (4 bytes each): the image is X/Ysiz - X/YOsiz
+    xsiz, ysiz, x_offset, y_offset = struct.unpack_from(">IIII", frame, start + 8)
+    return max(0, xsiz - x_offset), max(0, ysiz - y_offset)
+
+
+def _jpeg_frame_size(frame: bytes) -> tuple[int, int] | None:
+    """Walk the marker segments up to the first SOF; None if a scan (SOS) or the data ends first."""
+    position = 2  # after SOI
+    while position + 4 <= len(frame):
+        if frame[position] != 0xFF:
+            return None
+        marker = frame[position + 1]
+        if marker == 0xFF:  # fill byte
+            position += 1
+        elif marker in _JPEG_STANDALONE_MARKERS:
+            position += 2
+        elif marker == 0xDA:
+            return None
+        elif marker in _JPEG_SOF_MARKERS:
+            if position + 9 > len(frame):
+                return None
+            height, width = struct.unpack_from(">HH", frame, position + 5)  # after length(2) and precision(1)
+            return (width, height) if height else None  # height 0: a DNL marker sets it after the first scan
+        else:
+            position += 2 + struct.unpack_from(">H", frame, position + 2)[0]
+    return None
 
 
 def _grey_pipeline(stored: np.ndarray, ds: Dataset, photometric: str) -> tuple[np.ndarray, str]:
