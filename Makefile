@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 GPU_VENV := .venv-gpu
 GPU_STAMP := $(GPU_VENV)/.installed
 
-.PHONY: demo test test-gpu lint bench venv clean default-models browser-tools
+.PHONY: demo test test-gpu lint bench venv clean default-models browser-tools audit
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -39,7 +39,15 @@ browser-tools:
 	@test -f $(AXE) || timeout 300 npm install --silent --no-audit --no-fund --prefix .cache/axe axe-core@4 \
 		|| echo "axe-core could not be installed: the accessibility test will skip"
 
-test: $(STAMP) browser-tools
+# Known vulnerabilities in the installed dependencies (report only, bounded in time): pip-audit asks PyPI's JSON API;
+# packages it cannot look up (an offline mirror) are counted as not audited, never as clean.
+audit: $(STAMP)
+	@mkdir -p .cache
+	@timeout 180 $(VENV)/bin/pip-audit --progress-spinner off --skip-editable > .cache/pip-audit.txt 2>&1; \
+		echo "pip-audit (report only, exit $$?): $$(grep -m1 -iE 'vulnerabilit|found' .cache/pip-audit.txt);" \
+		"$$(grep -c 'could not be audited' .cache/pip-audit.txt) packages could not be audited; see .cache/pip-audit.txt"
+
+test: $(STAMP) browser-tools audit
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest $(PYTEST_ARGS)
 

@@ -16,6 +16,7 @@ from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 
 from service.admission import Admission
+from service.audit import AuditTrail
 from service.config import Settings, get_settings
 from service.errors import install_error_handlers
 from service.jobs.engines import start_job_engine
@@ -24,6 +25,9 @@ from service.logs import configure_logging
 from service.metrics import ServiceMetrics
 from service.middleware import RequestContextMiddleware
 from service.openapi import install_contract
+from service.rate_limit import RateLimiter
+from service.registry_watch import RegistryWatcher
+from service.routes import audit as audit_routes
 from service.routes import health, jobs, models, predict
 from service.security import KeyRing
 from service.state import ModelManager
@@ -45,14 +49,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if not keyring.enabled:
             log.warning("no API keys configured (XRAY_API_KEYS): every endpoint is open")
         app.state.jobs = await asyncio.to_thread(JobStore.open, settings.job_database_url())  # migrates first
+        audit = app.state.audit = AuditTrail(app.state.jobs.engine)
+        audit_writer = asyncio.get_running_loop().create_task(audit.run())
         await manager.start()
+        watcher = RegistryWatcher(manager, settings.registry_poll_s)
+        watcher.start()
         engine = app.state.job_engine = await start_job_engine(settings, app.state.jobs, manager, app.state.decode_pool)
         try:
             yield
         finally:
+            await watcher.stop(settings.drain_timeout_s)
             if engine is not None:
                 await engine.stop(settings.drain_timeout_s)
             await manager.close()
+            audit_writer.cancel()  # its last flush writes what the drained requests recorded
+            await asyncio.gather(audit_writer, return_exceptions=True)
             app.state.decode_pool.shutdown(wait=True)
             app.state.jobs.close()
 
@@ -67,6 +78,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.metrics = metrics
     app.state.manager = ModelManager(settings, metrics)
     app.state.admission = Admission(settings.max_active_uploads)
+    app.state.rate_limiter = None
+    if settings.rate_limit_per_minute:
+        app.state.rate_limiter = RateLimiter(settings.rate_limit_per_minute, settings.rate_limit_burst)
     app.state.job_engine = None  # the runner scoring jobs in this process, if any (service.jobs.engines)
     install_error_handlers(app)
     install_contract(app)
@@ -84,7 +98,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_headers=["Authorization", "X-API-Key", "Content-Type", "X-Request-ID"],
             expose_headers=["X-Request-ID", "Location", "Retry-After"],
         )
-    for router in (health.router, models.router, predict.router, jobs.router):
+    for router in (health.router, models.router, predict.router, jobs.router, audit_routes.router):
         app.include_router(router)
 
     app.mount("/ui", StaticFiles(directory=WEB_DIR), name="ui")

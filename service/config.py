@@ -24,6 +24,12 @@ class Settings(CoreSettings):
         description="GPUs for `xray serve`: auto (nvidia-smi / CUDA_VISIBLE_DEVICES), none, or ids like 0,1",
     )
     model_alias: str = Field(default="production", description="registry alias the service serves")
+    registry_poll_s: float = Field(
+        default=10.0,
+        ge=0,
+        description="how often the server checks whether the alias now resolves to other model versions and reloads "
+        "them (a broken set is refused and the last good one serves on); 0 = never, reload by API only",
+    )
     precision: Literal["auto", "fp32", "int8"] = Field(
         default="auto", description="auto: the int8 variant on CPU when the registry has one, fp32 on GPU"
     )
@@ -67,6 +73,10 @@ class Settings(CoreSettings):
         default_factory=list,
         description="comma-separated origins allowed to call the API from a browser; empty = none (CORS closed)",
     )
+    rate_limit_per_minute: float = Field(
+        default=0, ge=0, description="requests per minute each API key may make to /v1 (per process); 0 = no limit"
+    )
+    rate_limit_burst: int = Field(default=30, ge=1, description="requests a key may make at once above its rate")
     log_level: str = "INFO"
     log_json: bool = Field(default=True, description="structured JSON log lines (false: plain text)")
 

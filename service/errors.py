@@ -12,10 +12,12 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from models.imaging import ImagingError
 from service.batching import BatcherClosedError, QueueFullError
+from service.jobs.outage import describe_database_error
 from service.jobs.sources import SourceError
 from service.pipeline import NoHeatmapsError, UnknownLabelError
 from service.state import NotReadyError
@@ -80,26 +82,51 @@ async def _imaging(_: Request, error: ImagingError) -> JSONResponse:
     return problem_response(error.http_status, error.code, str(error))
 
 
-async def _queue_full(request: Request, error: QueueFullError) -> JSONResponse:
-    request.app.state.metrics.rejected.labels("queue_full").inc()
-    return problem_response(503, "queue_full", str(error), headers=_retry_after(request))
+# Exceptions with a fixed answer: (status, code). The ones carrying their own status (ProblemError, ImagingError,
+# SourceError) are read from the exception; `classify` gives both, for the handlers and for the audit trail.
+FIXED_ANSWERS: dict[type[Exception], tuple[int, str]] = {
+    QueueFullError: (503, "queue_full"),
+    OverloadedError: (503, "overloaded"),
+    NotReadyError: (503, "not_ready"),
+    BatcherClosedError: (503, "not_ready"),
+    UnknownLabelError: (422, "unknown_label"),
+    NoHeatmapsError: (409, "no_heatmaps"),
+}
+REJECTION_METRIC = {"queue_full", "overloaded"}  # counted in xray_rejected_total
 
 
-async def _overloaded(request: Request, error: OverloadedError) -> JSONResponse:
-    request.app.state.metrics.rejected.labels("overloaded").inc()
-    return problem_response(503, "overloaded", str(error), headers=_retry_after(request))
+def classify(error: BaseException) -> tuple[int, str]:
+    """The status and problem code the service answers for `error` (500 internal_error when it is not mapped)."""
+    if isinstance(error, ProblemError):
+        return error.status, error.code
+    if isinstance(error, ImagingError | SourceError):
+        return error.http_status, error.code
+    if isinstance(error, StarletteHTTPException):
+        return error.status_code, {404: "not_found", 405: "method_not_allowed"}.get(
+            error.status_code, f"http_{error.status_code}"
+        )
+    if isinstance(error, RequestValidationError):
+        return 422, "invalid_request"
+    if isinstance(error, OperationalError):
+        return 503, "database_unavailable"
+    for kind, answer in FIXED_ANSWERS.items():
+        if isinstance(error, kind):
+            return answer
+    return 500, "internal_error"
 
 
-async def _not_ready(request: Request, error: Exception) -> JSONResponse:
-    return problem_response(503, "not_ready", str(error), headers=_retry_after(request))
+async def _fixed(request: Request, error: Exception) -> JSONResponse:
+    status, code = classify(error)
+    if code in REJECTION_METRIC:
+        request.app.state.metrics.rejected.labels(code).inc()
+    return problem_response(status, code, str(error), headers=_retry_after(request) if status == 503 else None)
 
 
-async def _unknown_label(_: Request, error: UnknownLabelError) -> JSONResponse:
-    return problem_response(422, "unknown_label", str(error))
-
-
-async def _no_heatmaps(_: Request, error: NoHeatmapsError) -> JSONResponse:
-    return problem_response(409, "no_heatmaps", str(error))
+async def _database(request: Request, error: OperationalError) -> JSONResponse:
+    # the driver's message may quote SQL and parameters: the answer says what is wrong in words, the log has the rest
+    log.warning("job database unavailable", extra={"path": request.url.path, "error": str(error.orig)[:300]})
+    detail = describe_database_error(error) + "; retry later"
+    return problem_response(503, "database_unavailable", detail, headers=_retry_after(request))
 
 
 async def _source(_: Request, error: SourceError) -> JSONResponse:
@@ -107,8 +134,8 @@ async def _source(_: Request, error: SourceError) -> JSONResponse:
 
 
 async def _http(_: Request, error: StarletteHTTPException) -> JSONResponse:
-    code = {404: "not_found", 405: "method_not_allowed"}.get(error.status_code, f"http_{error.status_code}")
-    return problem_response(error.status_code, code, str(error.detail), headers=getattr(error, "headers", None))
+    status, code = classify(error)
+    return problem_response(status, code, str(error.detail), headers=getattr(error, "headers", None))
 
 
 async def _validation(_: Request, error: RequestValidationError) -> JSONResponse:
@@ -137,13 +164,10 @@ async def _unexpected(request: Request, error: Exception) -> JSONResponse:
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ProblemError, _problem)
     app.add_exception_handler(ImagingError, _imaging)
-    app.add_exception_handler(QueueFullError, _queue_full)
-    app.add_exception_handler(OverloadedError, _overloaded)
-    app.add_exception_handler(NotReadyError, _not_ready)
-    app.add_exception_handler(BatcherClosedError, _not_ready)
-    app.add_exception_handler(UnknownLabelError, _unknown_label)
-    app.add_exception_handler(NoHeatmapsError, _no_heatmaps)
+    for kind in FIXED_ANSWERS:
+        app.add_exception_handler(kind, _fixed)
     app.add_exception_handler(SourceError, _source)
+    app.add_exception_handler(OperationalError, _database)
     app.add_exception_handler(StarletteHTTPException, _http)
     app.add_exception_handler(RequestValidationError, _validation)
     app.add_exception_handler(Exception, _unexpected)

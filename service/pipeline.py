@@ -355,6 +355,7 @@ class Pipeline:
                 "bits_stored",
                 "transfer_syntax",
                 "voi_source",
+                "sop_instance_uid_hash",
             )
         }
         image.update(width=meta.width, height=meta.height)

@@ -53,6 +53,9 @@ class JobStatus(BaseModel):
     counts: JobCounts
     progress: JobProgress
     error: str | None = None
+    paused: str | None = Field(
+        default=None, description="why an unfinished job is not progressing now (e.g. its database's disk is full)"
+    )
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
@@ -86,6 +89,9 @@ class ImageFacts(BaseModel):
     bits_stored: int | None = None
     transfer_syntax: str | None = None
     voi_source: str | None = Field(default=None, description="which VOI step set the display range")
+    sop_instance_uid_hash: str | None = Field(
+        default=None, description="DICOM: the SOP Instance UID's sha256, first 16 hex digits (never the UID)"
+    )
     width: int
     height: int
 
@@ -211,6 +217,13 @@ class ServedModels(BaseModel):
     models: dict[str, ServedModel] = Field(description="by role: classifier, autoencoder")
 
 
+class Reloaded(BaseModel):
+    status: Literal["reloaded"]
+    before: dict[str, Any] = Field(description="the alias and models (by role) that served before the swap")
+    after: dict[str, Any] = Field(description="the alias and models (by role) serving now")
+
+
+MAX_ROW_INDEX = 2**31 - 1  # offsets and positions: within every database's INTEGER (larger ones answer 422)
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 STATUS_MEANINGS = {
     400: "the request carried no usable body",
@@ -249,3 +262,30 @@ class Problem(BaseModel):
     detail: str = Field(description="what was expected and what arrived, in a sentence")
     code: str = Field(description="a stable snake_case code for clients")
     request_id: str | None = Field(default=None, description="on 500s: the id the server's logs carry")
+
+
+# -- audit ---------------------------------------------------------------------------------------------------------
+class AuditRecord(BaseModel):
+    """One prediction or job action, as the append-only audit trail keeps it: no key, no UID, no patient field."""
+
+    id: int
+    at: datetime
+    key_id: str = Field(description="the API key's id (a sha256 prefix), 'anonymous' when authentication is off")
+    action: str = Field(description="predict, predict.view, predict.heatmap, job.submit, job.cancel, job.item_view")
+    endpoint: str = Field(description="method and route, e.g. 'POST /v1/predict'")
+    status: int = Field(description="the HTTP status answered")
+    problem: str | None = Field(description="the problem's code when the answer was not a success")
+    request_id: str
+    job_id: str | None
+    models: dict[str, dict[str, Any]] | None = Field(description="by role: name, version, sha256")
+    sop_uid_hash: str | None = Field(description="the DICOM SOP Instance UID's sha256, first 16 hex digits")
+    verdicts: dict[str, Any] | None = Field(
+        description="a prediction: reliability, outlier, abnormal, positive labels; a job: state and item count"
+    )
+
+
+class AuditPage(BaseModel):
+    records: list[AuditRecord] = Field(description="newest first")
+    total: int
+    limit: int
+    offset: int

@@ -6,6 +6,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
 
 from service.config import Settings
+from service.jobs.outage import DatabaseTrouble
 from service.jobs.runner import JobRunner
 from service.jobs.store import JobStore
 from service.state import ModelManager
@@ -13,6 +14,7 @@ from service.state import ModelManager
 
 class JobEngine(Protocol):
     runner_id: str
+    trouble: DatabaseTrouble  # what keeps it from writing results now, if anything
 
     async def register(self) -> None: ...
 

@@ -17,8 +17,10 @@ import threading
 import time
 
 import numpy as np
+from sqlalchemy.exc import DBAPIError
 
 from service.config import Settings
+from service.jobs.outage import DatabaseTrouble, retry_delay
 from service.jobs.runner import HOUSEKEEPING_S, remove_finished_uploads
 from service.jobs.store import ClaimedItem, JobStore, Outcome, new_runner_id
 
@@ -86,6 +88,7 @@ class RayJobRunner:
         self.settings = settings
         self.runner_id = new_runner_id()
         self.scored = 0
+        self.trouble = DatabaseTrouble(self.runner_id)
         self._stopping = threading.Event()
         self._wake = threading.Event()
         self._next_housekeeping = 0.0
@@ -139,6 +142,8 @@ class RayJobRunner:
         while not self._stopping.wait(self.settings.job_lease_s / 3):
             try:
                 self.store.heartbeat(self.runner_id, self.settings.job_lease_s)
+            except DBAPIError as error:
+                self.trouble.failed(error)
             except Exception:  # noqa: BLE001 - the next beat retries
                 log.exception("job heartbeat failed", extra={"runner": self.runner_id})
 
@@ -146,6 +151,10 @@ class RayJobRunner:
         while not self._stopping.is_set():
             try:
                 scored = self.run_block()
+                self.trouble.recovered()
+            except DBAPIError as error:  # the database is away or full: said once, retried at the next poll
+                self.trouble.failed(error)
+                scored = 0
             except Exception:  # noqa: BLE001 - logged; the block's leases expire and its items come back
                 log.exception("ray block failed", extra={"runner": self.runner_id})
                 scored = 0
@@ -168,8 +177,23 @@ class RayJobRunner:
                 remove_finished_uploads(self.store)
             return 0
         for batch in self.score(claimed):
-            self.scored += self.store.complete(outcomes_of(batch))
+            self.scored += self._commit(outcomes_of(batch))
         return len(claimed)
+
+    def _commit(self, outcomes: list[Outcome]) -> int:
+        """As the embedded runner's: results are kept and the commit retried while the database refuses it."""
+        attempt = 0
+        while True:
+            try:
+                written = self.store.complete(outcomes)
+            except DBAPIError as error:
+                self.trouble.failed(error)
+                if self._stopping.wait(retry_delay(attempt)):
+                    raise
+                attempt += 1
+                continue
+            self.trouble.recovered()
+            return written
 
     def score(self, claimed: list[ClaimedItem]):
         """Ray Data over the claimed references; yields output batches as the actors finish them."""

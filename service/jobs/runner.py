@@ -17,10 +17,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy.exc import DBAPIError
+
 from models.imaging import ImagingError
 from service.batching import BatcherClosedError, QueueFullError
 from service.config import Settings
 from service.jobs.intake import remove_workdir
+from service.jobs.outage import DatabaseTrouble, retry_delay
 from service.jobs.store import ClaimedItem, JobStore, Outcome, new_runner_id
 from service.pipeline import Pipeline
 from service.state import ModelManager, NotReadyError
@@ -107,6 +110,7 @@ class JobRunner:
         self.pool = pool
         self.runner_id = new_runner_id()
         self.scored = 0
+        self.trouble = DatabaseTrouble(self.runner_id)
         self._stopping = asyncio.Event()
         self._wake = asyncio.Event()
         self._next_housekeeping = 0.0
@@ -144,6 +148,8 @@ class JobRunner:
         while True:
             try:
                 await self._db(self.store.heartbeat, self.runner_id, self.settings.job_lease_s)
+            except DBAPIError as error:
+                self.trouble.failed(error)
             except Exception:  # noqa: BLE001 - a database hiccup must not kill the runner; the next beat retries
                 log.exception("job heartbeat failed", extra={"runner": self.runner_id})
             await asyncio.sleep(interval)
@@ -167,8 +173,12 @@ class JobRunner:
         while not self._stopping.is_set():
             try:
                 scored = await self.run_chunk(housekeeping=index == 0)
+                self.trouble.recovered()
             except NotReadyError:
                 scored = 0  # the models are loading or reloading
+            except DBAPIError as error:  # the database is away or full: said once, retried at the next poll
+                self.trouble.failed(error)
+                scored = 0
             except Exception:  # noqa: BLE001 - logged; the claimed items come back when their lease expires
                 log.exception("job chunk failed", extra={"runner": self.runner_id})
                 scored = 0
@@ -197,6 +207,23 @@ class JobRunner:
             limit = self.settings.max_upload_bytes
             scoring = (score_item(pipeline, item, self.pool, limit, self._slots) for item in claimed)
             outcomes = await asyncio.gather(*scoring)
-        written = await self._db(self.store.complete, outcomes)
+        written = await self._commit(outcomes)  # not `scored += await ...`: that reads `scored` before the wait
         self.scored += written
         return len(claimed)
+
+    async def _commit(self, outcomes: list[Outcome]) -> int:
+        """Write a chunk's results. While the database refuses (restarting, disk full) keep them and retry with a
+        backoff; give up only when stopping (the items' leases then bring them back to the queue)."""
+        attempt = 0
+        while True:
+            try:
+                written = await self._db(self.store.complete, outcomes)
+            except DBAPIError as error:
+                self.trouble.failed(error)
+                if self._stopping.is_set():
+                    raise
+                await self._pause(retry_delay(attempt))
+                attempt += 1
+                continue
+            self.trouble.recovered()
+            return written

@@ -9,7 +9,8 @@ from service.jobs.tables import utcnow
 from service.schemas import JobCounts, JobProgress, JobSource, JobStatus
 
 
-def job_status(job: dict[str, Any], now: datetime | None = None) -> JobStatus:
+def job_status(job: dict[str, Any], now: datetime | None = None, paused: str | None = None) -> JobStatus:
+    """`paused`: the runner's current trouble, shown on unfinished jobs only."""
     now = now or utcnow()
     done = job["succeeded"] + job["failed"]
     remaining = job["total"] - done - job["skipped"]
@@ -36,6 +37,7 @@ def job_status(job: dict[str, Any], now: datetime | None = None) -> JobStatus:
         ),
         progress=JobProgress(images_per_s=rate, eta_s=eta),
         error=job["error"],
+        paused=paused if job["state"] in ("queued", "running") else None,
         created_at=job["created_at"],
         started_at=job["started_at"],
         finished_at=job["finished_at"],

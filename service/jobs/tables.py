@@ -98,6 +98,27 @@ runners = Table(
     Column("heartbeat_at", UTCDateTime, nullable=False),
 )
 
+# Append-only (the migration adds triggers refusing UPDATE and DELETE): one row per prediction and per job action.
+# Never the key, never a UID or a patient field: the key's id, and the SOP Instance UID as a sha256 prefix.
+audit = Table(
+    "audit",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("at", UTCDateTime, nullable=False),
+    Column("key_id", String(64), nullable=False),  # "key-<sha256 prefix>" or "anonymous"
+    Column("action", String(32), nullable=False),  # predict | predict.view | predict.heatmap | job.submit | ...
+    Column("endpoint", String(128), nullable=False),  # "POST /v1/predict"
+    Column("status", Integer, nullable=False),  # the HTTP status answered
+    Column("problem", String(64)),  # the problem's code when the status is not 2xx
+    Column("request_id", String(64), nullable=False),
+    Column("job_id", String(32)),
+    Column("models", JSON),  # by role: name, version, sha256
+    Column("sop_uid_hash", String(16)),
+    Column("verdicts", JSON),  # reliability, outlier verdict, abnormal positive, positive labels; or job counts
+    Index("ix_audit_at", "at"),
+    Index("ix_audit_key_at", "key_id", "at"),
+)
+
 
 def utcnow() -> datetime:
     return datetime.now(UTC)

@@ -22,10 +22,28 @@ class Alive(BaseModel):
     status: Literal["alive"]
 
 
+class RegistryProblem(BaseModel):
+    """Why the registry's current set was refused (the last good set still serves); gone after a good reload."""
+
+    error: str = Field(description="the error's type, e.g. IntegrityError, ManifestError, EngineError")
+    detail: str = Field(description="what is wrong, naming the model version and file")
+    model: str | None = Field(description="the model at fault, when the error names one")
+    version: int | None = Field(description="its version, when the error names one")
+    since: str = Field(description="UTC ISO 8601: when this problem was first seen")
+    last_attempt: str = Field(description="UTC ISO 8601: the latest reload that met it")
+    attempts: int = Field(description="reloads refused for this problem")
+    trigger: str = Field(description="who asked for the latest reload: watcher or api")
+
+
 class Ready(BaseModel):
     status: Literal["ready"]
     alias: str
     models: dict[str, SessionInfo] = Field(description="by role: classifier, autoencoder")
+    registry_problem: RegistryProblem | None = Field(
+        default=None,
+        description="present when the registry changed but its new set could not be loaded: the models above "
+        "(the last good set) serve on",
+    )
 
 
 READY_DOC = {"model": Ready, "description": "ready"}
@@ -70,7 +88,10 @@ async def readyz(request: Request, manager: ManagerDep, settings: SettingsDep) -
         except Exception as error:  # noqa: BLE001 - a failing session means not ready, not a crashed probe
             return problem_response(503, "not_ready", f"a zero image failed in the sessions: {type(error).__name__}")
         request.app.state.last_ready_probe = (pipeline, time.monotonic())
-    return {"status": "ready", **pipeline.describe()}
+    ready = {"status": "ready", **pipeline.describe()}
+    if manager.problem is not None:
+        ready["registry_problem"] = manager.problem.as_dict()
+    return ready
 
 
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response)

@@ -8,12 +8,13 @@ from __future__ import annotations
 import asyncio
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Path, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from pydantic import ValidationError
 from starlette.concurrency import iterate_in_threadpool
 
-from service.dependencies import ManagerDep, PrincipalDep, SettingsDep, form_file
+from service.audit import audited
+from service.dependencies import ManagerDep, PrincipalDep, SettingsDep, form_file, multipart_form
 from service.errors import ProblemError
 from service.jobs.intake import new_workdir, remove_workdir, server_items, unpack_upload
 from service.jobs.results import stream_rows
@@ -22,7 +23,7 @@ from service.jobs.sources import save_stream
 from service.jobs.status import job_status
 from service.jobs.store import JobNotFoundError, JobStore
 from service.pipeline import encode_overlays
-from service.schemas import JobList, JobRequest, JobStatus, PredictionView, problems
+from service.schemas import MAX_ROW_INDEX, JobList, JobRequest, JobStatus, PredictionView, problems
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 ZIP_TYPES = ("application/zip", "application/x-zip-compressed")
@@ -51,6 +52,12 @@ def _store(request: Request) -> JobStore:
     return request.app.state.jobs
 
 
+def _status(request: Request, job: dict) -> JobStatus:
+    """The job as the API shows it, with this process's runner's trouble (a full disk, a lost database) if any."""
+    engine = request.app.state.job_engine
+    return job_status(job, paused=engine.trouble.problem if engine is not None else None)
+
+
 async def _visible_job(request: Request, principal, job_id: str) -> dict:
     try:
         job = await asyncio.to_thread(_store(request).get_job, job_id)
@@ -68,7 +75,7 @@ async def _uploaded_items(request: Request, media: str, settings) -> tuple[str, 
     name = "upload.zip"
     try:
         if media == "multipart/form-data":
-            async with request.form(max_files=1, max_fields=8) as form:
+            async with multipart_form(request) as form:
                 upload = form_file(form)
                 name = upload.filename or name
 
@@ -97,6 +104,19 @@ async def _uploaded_items(request: Request, media: str, settings) -> tuple[str, 
 async def submit_job(
     request: Request, response: Response, principal: PrincipalDep, settings: SettingsDep, manager: ManagerDep
 ) -> JobStatus:
+    async with audited(request, "job.submit") as entry:
+        job_id = await _create_job(request, principal, settings, manager)
+        job = await asyncio.to_thread(_store(request).get_job, job_id)
+        entry.job(job)
+        entry.status = 202
+    if request.app.state.job_engine is not None:
+        request.app.state.job_engine.wake()
+    response.headers["Location"] = f"/v1/jobs/{job_id}"
+    return _status(request, job)
+
+
+async def _create_job(request: Request, principal, settings, manager) -> str:
+    """The job's items from the body (JSON paths, or a zip), then its rows; an unpacked zip is removed on failure."""
     media = request.headers.get("content-type", "").split(";")[0].strip().lower()
     workdir = None
     if media == "application/json":
@@ -131,10 +151,7 @@ async def submit_job(
     except BaseException:
         remove_workdir(workdir)
         raise
-    if request.app.state.job_engine is not None:
-        request.app.state.job_engine.wake()
-    response.headers["Location"] = f"/v1/jobs/{job_id}"
-    return job_status(await asyncio.to_thread(_store(request).get_job, job_id))
+    return job_id
 
 
 @router.get("", summary="jobs, newest first (a user key: its own; an admin key: all)", response_model=JobList)
@@ -142,18 +159,18 @@ async def list_jobs(
     request: Request,
     principal: PrincipalDep,
     limit: Annotated[int, Query(ge=1, le=500, description="jobs per page")] = 50,
-    offset: Annotated[int, Query(ge=0, description="jobs to skip")] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_ROW_INDEX, description="jobs to skip")] = 0,
 ) -> JobList:
     owner = None if principal.scope == "admin" else principal.id
     rows, total = await asyncio.to_thread(_store(request).list_jobs, owner, limit=limit, offset=offset)
-    return JobList(jobs=[job_status(row) for row in rows], total=total, limit=limit, offset=offset)
+    return JobList(jobs=[_status(request, row) for row in rows], total=total, limit=limit, offset=offset)
 
 
 @router.get(
     "/{job_id}", summary="a job's state, counts, images/s and ETA", response_model=JobStatus, responses=problems(404)
 )
 async def get_job(request: Request, principal: PrincipalDep, job_id: str) -> JobStatus:
-    return job_status(await _visible_job(request, principal, job_id))
+    return _status(request, await _visible_job(request, principal, job_id))
 
 
 @router.get(
@@ -186,7 +203,12 @@ async def job_results(
     responses=problems(404, 410, 413, 415, 422, 503),
 )
 async def item_view(
-    request: Request, principal: PrincipalDep, settings: SettingsDep, manager: ManagerDep, job_id: str, position: int
+    request: Request,
+    principal: PrincipalDep,
+    settings: SettingsDep,
+    manager: ManagerDep,
+    job_id: str,
+    position: Annotated[int, Path(ge=0, le=MAX_ROW_INDEX, description="the item's place in its job, from 0")],
 ) -> dict:
     await _visible_job(request, principal, job_id)
     item = await asyncio.to_thread(_store(request).get_item, job_id, position)
@@ -200,8 +222,11 @@ async def item_view(
         ) from error
     except ItemProblem as error:
         raise ProblemError(413, error.code, error.detail) from error
-    async with request.app.state.admission.slot(), manager.acquire() as pipeline:
-        result, layers = await pipeline.predict(data, request.app.state.decode_pool, layers=True)
+    async with audited(request, "job.item_view") as entry:
+        entry.job_id = job_id
+        async with request.app.state.admission.slot(), manager.acquire() as pipeline:
+            result, layers = await pipeline.predict(data, request.app.state.decode_pool, layers=True)
+        entry.prediction(result)
     return {"request_id": request.state.request_id, **result, "heat_layers": encode_overlays(layers)}
 
 
@@ -213,4 +238,7 @@ async def item_view(
 )
 async def cancel_job(request: Request, principal: PrincipalDep, job_id: str) -> JobStatus:
     await _visible_job(request, principal, job_id)
-    return job_status(await asyncio.to_thread(_store(request).cancel, job_id))
+    async with audited(request, "job.cancel") as entry:
+        job = await asyncio.to_thread(_store(request).cancel, job_id)
+        entry.job(job)
+    return _status(request, job)

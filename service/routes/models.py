@@ -6,10 +6,15 @@ from fastapi import APIRouter
 
 from service.dependencies import AdminDep, ManagerDep, UserDep
 from service.errors import ProblemError
-from service.schemas import ServedModels, problems
-from service.state import NotReadyError
+from service.schemas import Reloaded, ServedModels, problems
+from service.state import ReloadRefusedError
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
+RELOAD_PROBLEMS = problems(403, 409, 503)
+RELOAD_PROBLEMS[409] = {
+    **RELOAD_PROBLEMS[409],
+    "description": "the registry's set could not be loaded (reload_refused); the previous set is still serving",
+}
 
 
 def training_summary(data: dict, provenance: str) -> dict:
@@ -44,15 +49,14 @@ async def list_models(manager: ManagerDep) -> dict:
     "/reload",
     summary="load the registry's current aliases and swap atomically",
     dependencies=[AdminDep],
-    responses=problems(403, 503),
+    response_model=Reloaded,
+    responses=RELOAD_PROBLEMS,
 )
 async def reload_models(manager: ManagerDep) -> dict:
+    """409 when the registry's set does not load (a half-written version, a corrupted or swapped ONNX file, a bad
+    manifest, an alias to a missing version): the registry conflicts with a reload, the previous set serves on."""
     try:
         before, after = await manager.reload()
-    except NotReadyError:
-        raise
-    except Exception as error:  # a broken registry is the server's problem, not the caller's; the old set serves on
-        raise ProblemError(
-            500, "reload_failed", f"the registry's models could not be loaded; still serving the previous set: {error}"
-        ) from error
+    except ReloadRefusedError as error:
+        raise ProblemError(409, "reload_refused", str(error)) from error
     return {"status": "reloaded", "before": before, "after": after}

@@ -8,7 +8,8 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request, Response
 
 from models.imaging import sniff_format
-from service.dependencies import ManagerDep, SettingsDep, UserDep, form_file
+from service.audit import audited
+from service.dependencies import ManagerDep, SettingsDep, UserDep, form_file, multipart_form
 from service.errors import ProblemError
 from service.pipeline import encode_overlays
 from service.schemas import Prediction, PredictionView, problems
@@ -39,7 +40,7 @@ async def read_upload(request: Request) -> bytes:
     """The image bytes from a multipart `file` field or a raw body; 415 for anything else."""
     media = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if media == "multipart/form-data":
-        async with request.form(max_files=1, max_fields=8) as form:
+        async with multipart_form(request) as form:
             data = await form_file(form).read()
     elif media in RAW_TYPES:
         data = await request.body()
@@ -60,16 +61,23 @@ async def read_upload(request: Request) -> bytes:
 
 
 async def run_prediction(
-    request: Request, manager, heatmap_labels: list[str] | None, all_heatmaps: bool = False, layers: bool = False
+    request: Request,
+    manager,
+    action: str,
+    heatmap_labels: list[str] | None,
+    all_heatmaps: bool = False,
+    layers: bool = False,
 ) -> tuple[dict, dict[str, bytes]]:
-    """Admission (before the body is read), then upload -> pipeline; errors map to problems in service.errors."""
-    async with request.app.state.admission.slot():
+    """Admission (before the body is read), then upload -> pipeline; errors map to problems in service.errors.
+    Every attempt leaves an audit record, refused or answered."""
+    async with audited(request, action) as entry, request.app.state.admission.slot():
         data = await read_upload(request)
         async with manager.acquire() as pipeline:
             labels = list(pipeline.labels) if all_heatmaps else heatmap_labels
             result, overlays = await pipeline.predict(
                 data, request.app.state.decode_pool, heatmap_labels=labels, layers=layers
             )
+        entry.prediction(result)
     request_id = request.state.request_id
     log.info(
         "prediction",
@@ -100,7 +108,7 @@ async def predict(
     manager: ManagerDep,
     heatmaps: Annotated[bool, Query(description="add a heatmap overlay PNG (base64) for every label")] = False,
 ) -> dict:
-    result, overlays = await run_prediction(request, manager, None, all_heatmaps=heatmaps)
+    result, overlays = await run_prediction(request, manager, "predict", None, all_heatmaps=heatmaps)
     if heatmaps:
         result["heatmaps"] = encode_overlays(overlays)
     return result
@@ -115,7 +123,7 @@ async def predict(
     responses=problems(400, 413, 415, 422, 503),
 )
 async def predict_view(request: Request, manager: ManagerDep) -> dict:
-    result, layers = await run_prediction(request, manager, None, layers=True)
+    result, layers = await run_prediction(request, manager, "predict.view", None, layers=True)
     result["heat_layers"] = encode_overlays(layers)
     return result
 
@@ -131,12 +139,12 @@ async def predict_heatmap(
     request: Request,
     manager: ManagerDep,
     settings: SettingsDep,
-    label: Annotated[str, Query(description="the label whose class activation map to draw")],
+    label: Annotated[str, Query(min_length=1, description="the label whose class activation map to draw")],
 ) -> Response:
     accept = request.headers.get("accept", "*/*").lower()
     if not any(kind in accept for kind in ("image/png", "image/*", "*/*")):
         raise ProblemError(406, "not_acceptable", f"this endpoint answers image/png; Accept was {accept!r}")
-    result, overlays = await run_prediction(request, manager, [label])
+    result, overlays = await run_prediction(request, manager, "predict.heatmap", [label])
     headers = {
         "X-Model": f"{result['models']['classifier']['name']}@{result['models']['classifier']['version']}",
         "X-Probability": str(

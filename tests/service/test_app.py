@@ -96,6 +96,7 @@ def test_predict_multipart_png_matches_the_engine_directly(client: TestClient) -
         "bits_stored": 8,
         "transfer_syntax": None,
         "voi_source": None,
+        "sop_instance_uid_hash": None,
         "width": 256,
         "height": 256,
     }
@@ -407,8 +408,8 @@ def test_reload_failure_keeps_serving_the_previous_models(tmp_path) -> None:
     registry = copy_registry(tmp_path / "registry")
     with TestClient(create_app(service_settings(registry_dir=registry.root))) as local:
         (registry.root / "model_set.json").write_text("{not json")
-        body = assert_problem(local.post("/v1/models/reload"), 500, "reload_failed")
-        assert "still serving the previous set" in body["detail"]
+        body = assert_problem(local.post("/v1/models/reload"), 409, "reload_refused")
+        assert "the previous set is still serving" in body["detail"]
         assert (
             local.post("/v1/predict", content=phantom_png(8), headers={"content-type": "image/png"}).status_code == 200
         )

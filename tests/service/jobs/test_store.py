@@ -33,7 +33,7 @@ def test_migrating_an_empty_database_gives_the_tables_the_code_uses(database_url
     engine = make_engine(database_url)
     assert schema_revision(engine) is None
     migrate(engine)
-    assert schema_revision(engine) == "0002"
+    assert schema_revision(engine) == "0003"
     found = inspect(engine)
     for table in metadata.sorted_tables:
         migrated = {column["name"] for column in found.get_columns(table.name)}
@@ -62,7 +62,7 @@ def test_upgrading_from_the_previous_head_keeps_the_jobs(database_url: str) -> N
         )
     assert "runners" not in inspect(engine).get_table_names()
     migrate(engine)
-    assert schema_revision(engine) == "0002"
+    assert schema_revision(engine) == "0003"
     store = JobStore(engine)
     store.register_runner("host:1:abc", "embedded")
     claimed = store.claim("host:1:abc", limit=5, **CLAIM)
