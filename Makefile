@@ -21,10 +21,20 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
+# `make demo` needs only the serving stack (the core dependencies: no torch, no test tools), in its own venv.
+SERVE_VENV := .venv-serve
+SERVE_STAMP := $(SERVE_VENV)/.installed
+
+$(SERVE_STAMP): pyproject.toml
+	test -x $(SERVE_VENV)/bin/python || $(PYTHON) -m venv $(SERVE_VENV)
+	$(SERVE_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(SERVE_VENV)/bin/python -m pip install --quiet -e .
+	touch $(SERVE_STAMP)
+
 # Serves the default model set shipped in registry/ (no training needed); Ctrl-C stops it.
-demo: $(STAMP)
-	@echo "serving registry/ at http://127.0.0.1:8000  (API docs: /docs, health: /readyz, metrics: /metrics)"
-	$(VENV)/bin/xray serve --host 127.0.0.1 --port 8000
+demo: $(SERVE_STAMP)
+	@echo "serving registry/ at http://127.0.0.1:8000  (the page: /, API docs: /docs, health: /readyz, metrics: /metrics)"
+	$(SERVE_VENV)/bin/xray serve --host 127.0.0.1 --port 8000
 
 bench: $(STAMP)
 	$(PY) bench/serve_bench.py
@@ -70,7 +80,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check . || true
 
 clean:
-	rm -rf $(VENV) $(GPU_VENV) .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) $(GPU_VENV) $(SERVE_VENV) .pytest_cache .ruff_cache .hypothesis
 
 # Retrain the default model set shipped in registry/ (needs ../shared/data; about 10 minutes on 2 cores).
 default-models: $(STAMP)
