@@ -71,6 +71,30 @@ class ServiceMetrics:
             multiprocess_mode="livemax",
         )
 
+        # batch jobs: the job store's numbers, read at scrape time (every replica reports the same database)
+        self.jobs = Gauge(
+            "xray_jobs",
+            "jobs in the job store by state",
+            ["state"],
+            registry=self.registry,
+            multiprocess_mode="livemax",
+        )
+        self.job_items_open = Gauge(
+            "xray_job_items_open",
+            "job items queued or being scored, all jobs",
+            registry=self.registry,
+            multiprocess_mode="livemax",
+        )
+        self.job_items_written = Counter(
+            "xray_job_items_written", "job item results this process's runner committed", registry=self.registry
+        )
+        self.job_runner_paused = Gauge(
+            "xray_job_runner_paused",
+            "1 while this process's runner cannot write to the job database (unreachable, disk full)",
+            registry=self.registry,
+            multiprocess_mode="livemax",
+        )
+
     def observe_batch(self, model: str, size: int, seconds: float) -> None:
         self.batch_size.labels(model).observe(size)
         self.inference.labels(model).observe(seconds)

@@ -209,6 +209,7 @@ class JobRunner:
             outcomes = await asyncio.gather(*scoring)
         written = await self._commit(outcomes)  # not `scored += await ...`: that reads `scored` before the wait
         self.scored += written
+        self.manager.metrics.job_items_written.inc(written)
         return len(claimed)
 
     async def _commit(self, outcomes: list[Outcome]) -> int:

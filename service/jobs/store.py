@@ -241,6 +241,15 @@ class JobStore:
                 connection.execute(update(jobs).where(jobs.c.id == job_id).values(skipped=jobs.c.skipped + skipped))
         return self.get_job(job_id)
 
+    def state_counts(self) -> tuple[dict[str, int], int]:
+        """(jobs by state, items still open across all jobs): what /metrics reports."""
+        with self.engine.connect() as connection:
+            by_state = dict(connection.execute(select(jobs.c.state, func.count()).group_by(jobs.c.state)).all())
+            open_items = connection.execute(
+                select(func.count()).select_from(items).where(items.c.state.in_(OPEN_ITEM_STATES))
+            ).scalar_one()
+        return {state: int(count) for state, count in by_state.items()}, int(open_items)
+
     def get_item(self, job_id: str, position: int) -> dict[str, Any] | None:
         with self.engine.connect() as connection:
             row = (

@@ -8,10 +8,12 @@ from typing import Literal
 
 from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, Field
+from sqlalchemy.exc import OperationalError
 
 from service.batching import QueueFullError
 from service.dependencies import ManagerDep, SettingsDep
 from service.errors import problem_response
+from service.jobs.tables import JOB_STATES
 from service.schemas import SessionInfo, problems
 
 router = APIRouter(tags=["health"])
@@ -101,4 +103,18 @@ async def metrics(request: Request) -> Response:
     if manager.current is not None:
         for ref, depth in manager.current.queue_depths().items():
             service_metrics.queue_depth.labels(ref).set(depth)
+    await _job_metrics(request, service_metrics)
     return Response(service_metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+
+async def _job_metrics(request: Request, service_metrics) -> None:
+    """The job store's counts and this process's runner's state; a database that is away leaves the last values."""
+    engine = request.app.state.job_engine
+    service_metrics.job_runner_paused.set(int(engine is not None and engine.trouble.problem is not None))
+    try:
+        by_state, open_items = await asyncio.to_thread(request.app.state.jobs.state_counts)
+    except OperationalError:
+        return
+    for state in JOB_STATES:
+        service_metrics.jobs.labels(state).set(by_state.get(state, 0))
+    service_metrics.job_items_open.set(open_items)

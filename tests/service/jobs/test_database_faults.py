@@ -171,6 +171,7 @@ def test_a_full_disk_pauses_the_job_with_a_clear_reason_and_nothing_half_written
         _wait(lambda: client.get(f"/v1/jobs/{job_id}").json()["paused"] is not None, "the job to pause")
         paused = client.get(f"/v1/jobs/{job_id}").json()
         assert "disk is full" in paused["paused"] and paused["state"] == "running"
+        assert "xray_job_runner_paused 1.0" in client.get("/metrics").text  # what an alert rule watches
         time.sleep(1.5)  # paused means paused: no count moves while nothing can be written
         still = client.get(f"/v1/jobs/{job_id}").json()
         assert still["counts"] == paused["counts"] and still["state"] == "running"
@@ -181,3 +182,6 @@ def test_a_full_disk_pauses_the_job_with_a_clear_reason_and_nothing_half_written
         filler.unlink()
         _wait(lambda: client.get(f"/v1/jobs/{job_id}").json()["state"] == "succeeded", "the job to resume")
         _exactly_once(client, job_id)
+        metrics = client.get("/metrics").text
+        assert "xray_job_runner_paused 0.0" in metrics and 'xray_jobs{state="succeeded"} 1.0' in metrics
+        assert f"xray_job_items_written_total {float(ITEMS)}" in metrics and "xray_job_items_open 0.0" in metrics
