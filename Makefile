@@ -11,7 +11,8 @@ PYTEST_ARGS ?=
 GPU_VENV := .venv-gpu
 GPU_STAMP := $(GPU_VENV)/.installed
 
-.PHONY: demo test test-gpu lint bench venv clean default-models browser-tools audit
+.PHONY: demo test test-gpu lint bench venv clean default-models browser-tools audit container-tools wheelhouse \
+	wheelhouse-gpu wheelhouse-train
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -49,6 +50,61 @@ browser-tools:
 	@test -f $(AXE) || timeout 300 npm install --silent --no-audit --no-fund --prefix .cache/axe axe-core@4 \
 		|| echo "axe-core could not be installed: the accessibility test will skip"
 
+# The deployment tests' tools (tests/deploy): podman, buildah, runc, debootstrap, haproxy and promtool from Debian (apt, as root), bounded
+# in time. Where they cannot be installed the container tests skip and say why.
+container-tools:
+	@for tool in podman buildah runc debootstrap haproxy promtool; do command -v $$tool >/dev/null 2>&1 || missing=1; done; \
+	test -z "$$missing" || timeout 600 sh -c 'apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+		apt-get install -y -qq podman buildah runc debootstrap haproxy prometheus >/dev/null' \
+		|| echo "podman/buildah/runc/debootstrap/haproxy/prometheus could not be installed: those tests will skip"
+
+# Wheels for an offline image build: the Dockerfile installs only from wheelhouse/ (pip --no-index). Run these on a
+# connected machine, then copy the checkout with its wheelhouse/ to the air-gapped one. The serve-cpu and train images
+# run Python 3.11 (python:3.11-slim, Debian bookworm), so the wheels are built by a 3.11 interpreter; serve-gpu's
+# Ubuntu 24.04 runs 3.12, whose wheels pip downloads for that platform. Each target replaces its folder.
+WHEELHOUSE := wheelhouse
+GLIBC_MINORS := 39 38 37 36 35 34 33 32 31 30 29 28 27 26 25 24 23 22 21 20 19 18 17  # Ubuntu 24.04: glibc 2.39
+MANYLINUX := $(foreach v,$(GLIBC_MINORS),--platform manylinux_2_$(v)_x86_64) \
+	--platform manylinux2014_x86_64 --platform manylinux2010_x86_64 --platform manylinux1_x86_64
+CHECK_PY311 := $(SERVE_VENV)/bin/python -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' \
+	|| { echo "the images run Python 3.11: make the wheelhouse with a 3.11 interpreter (PYTHON=python3.11)"; exit 1; }
+
+# EXTRAS: pyproject extras the image installs on top of the serving stack, as its build argument EXTRAS says
+# (e.g. make wheelhouse EXTRAS=postgres,ray)
+EXTRAS ?=
+comma := ,
+WHEELHOUSE_STAMP := $(WHEELHOUSE)/serve/.complete$(if $(EXTRAS),-$(subst $(comma),-,$(EXTRAS)))
+
+# serve-cpu: the core dependencies (+ EXTRAS) and the build backend; the image builds the project from the context
+$(WHEELHOUSE_STAMP): pyproject.toml $(SERVE_STAMP)
+	@$(CHECK_PY311)
+	rm -rf $(WHEELHOUSE)/serve
+	$(SERVE_VENV)/bin/python -m pip wheel --quiet --wheel-dir $(WHEELHOUSE)/serve '.$(if $(EXTRAS),[$(EXTRAS)])' \
+		'setuptools>=68' wheel
+	rm -f $(WHEELHOUSE)/serve/xray_service-*.whl
+	touch $@
+
+wheelhouse: $(WHEELHOUSE_STAMP)
+
+# serve-gpu: the core dependencies with onnxruntime replaced by the `gpu` extra (onnxruntime-gpu), + EXTRAS, for cp312
+wheelhouse-gpu: $(SERVE_STAMP)
+	rm -rf $(WHEELHOUSE)/gpu && mkdir -p $(WHEELHOUSE)/gpu
+	$(SERVE_VENV)/bin/python -c "import re, sys, tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
+		extras = ['gpu', *filter(None, sys.argv[1].split(','))]; \
+		core = [d for d in p['dependencies'] if re.match(r'[A-Za-z0-9._-]+', d).group() != 'onnxruntime']; \
+		print(*core, *(d for e in extras for d in p['optional-dependencies'][e]), sep=chr(10))" '$(EXTRAS)' \
+		> $(WHEELHOUSE)/gpu/requirements.txt
+	$(SERVE_VENV)/bin/python -m pip download --quiet --dest $(WHEELHOUSE)/gpu --only-binary=:all: \
+		--python-version 3.12 --implementation cp --abi cp312 $(MANYLINUX) \
+		--requirement $(WHEELHOUSE)/gpu/requirements.txt 'setuptools>=68' wheel
+
+# train: the core dependencies and the `train` extra (torch: several GB with its CUDA libraries)
+wheelhouse-train: $(SERVE_STAMP)
+	@$(CHECK_PY311)
+	rm -rf $(WHEELHOUSE)/train
+	$(SERVE_VENV)/bin/python -m pip wheel --quiet --wheel-dir $(WHEELHOUSE)/train '.[train]' 'setuptools>=68' wheel
+	rm -f $(WHEELHOUSE)/train/xray_service-*.whl
+
 # Known vulnerabilities in the installed dependencies (report only, bounded in time): pip-audit asks PyPI's JSON API;
 # packages it cannot look up (an offline mirror) are counted as not audited, never as clean.
 audit: $(STAMP)
@@ -57,7 +113,7 @@ audit: $(STAMP)
 		echo "pip-audit (report only, exit $$?): $$(grep -m1 -iE 'vulnerabilit|found' .cache/pip-audit.txt);" \
 		"$$(grep -c 'could not be audited' .cache/pip-audit.txt) packages could not be audited; see .cache/pip-audit.txt"
 
-test: $(STAMP) browser-tools audit
+test: $(STAMP) browser-tools container-tools audit
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest $(PYTEST_ARGS)
 

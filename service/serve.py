@@ -13,6 +13,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -113,6 +114,9 @@ def _run_worker(sock: socket.socket | None, env: dict[str, str], host: str, port
     from service.config import get_settings
 
     server = uvicorn.Server(_uvicorn_config(host, port, get_settings()))
+    # uvicorn re-raises the signal that stopped it once it has drained, with this handler back in place: a drained
+    # SIGTERM exits 0, also as PID 1's child under an init process (the default action would give 143)
+    signal.signal(signal.SIGTERM, lambda _signum, _frame: sys.exit(0))
     server.run(sockets=[sock] if sock is not None else None)
 
 
