@@ -19,7 +19,8 @@ import re
 import struct
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cached_property
 from io import BytesIO
 from typing import TypeVar
 
@@ -43,6 +44,7 @@ __all__ = [
     "ImagingError",
     "MultiFrameError",
     "NotAnImageError",
+    "Levels",
     "Radiograph",
     "UnsupportedPixelDataError",
     "UnsupportedTransferSyntaxError",
@@ -132,9 +134,29 @@ class ImageMeta:
 
 
 @dataclass(frozen=True)
+class Levels:
+    """The film as integer codes and one value per code (`pixels == values[codes]`), where the decoder had them: a
+    histogram of the codes then gives the pixels' percentiles without sorting millions of floats."""
+
+    codes: np.ndarray  # uint8 or uint16 (H, W)
+    values: np.ndarray  # float32 (n,), the pixel value of each code
+    known_counts: np.ndarray | None = field(default=None, repr=False, compare=False)  # when the decoder had them
+
+    @cached_property
+    def counts(self) -> np.ndarray:
+        """How many pixels hold each code (counted once: the grey pipeline and the percentiles may both ask)."""
+        return self.known_counts if self.known_counts is not None else code_counts(self.codes, len(self.values))
+
+
+def code_counts(codes: np.ndarray, length: int) -> np.ndarray:
+    return np.bincount(codes.ravel(), minlength=length)
+
+
+@dataclass(frozen=True)
 class Radiograph:
     pixels: np.ndarray  # float32 (H, W), values in [0, 1], 1 = bright
     meta: ImageMeta
+    levels: Levels | None = None  # integer films (8/16-bit PNG, grey DICOM): the same pixels as codes and values
 
 
 # ---------------------------------------------------------------------------------------------- public API
@@ -205,10 +227,11 @@ def from_array(array: np.ndarray, *, format: str = "array") -> Radiograph:
         raise ImagingError(f"expected a 2-D grey array (H, W), got shape {array.shape}")
     if array.size == 0:
         raise EmptyInputError(f"expected a non-empty array, got shape {array.shape}")
+    levels = None
     if array.dtype == np.uint8:
-        pixels, bits = array.astype(np.float32) / 255.0, 8
+        pixels, bits, levels = array.astype(np.float32) / 255.0, 8, Levels(array, _UNIT_8)
     elif array.dtype == np.uint16:
-        pixels, bits = array.astype(np.float32) / 65535.0, 16
+        pixels, bits, levels = array.astype(np.float32) / 65535.0, 16, Levels(array, _UNIT_16)
     elif np.issubdtype(array.dtype, np.floating):
         if not np.isfinite(array).all():
             raise CorruptPixelDataError("expected finite float pixel values, got NaN or infinity")
@@ -217,7 +240,7 @@ def from_array(array: np.ndarray, *, format: str = "array") -> Radiograph:
         raise ImagingError(f"expected a uint8, uint16 or float array, got dtype {array.dtype}")
     height, width = array.shape
     meta = ImageMeta(format=format, width=width, height=height, bits_stored=bits, photometric=None)
-    return Radiograph(pixels=np.ascontiguousarray(pixels, dtype=np.float32), meta=meta)
+    return Radiograph(pixels=np.ascontiguousarray(pixels, dtype=np.float32), meta=meta, levels=levels)
 
 
 # ------------------------------------------------------------------------------------------------- helpers
@@ -262,9 +285,9 @@ def _decode_pillow(data: bytes, fmt: str, max_pixels: int, min_side: int) -> Rad
     with _typed_errors(CorruptPixelDataError, f"could not decode the {fmt.upper()} image", _pillow_message):
         # load() raises on truncated data because ImageFile.LOAD_TRUNCATED_IMAGES stays False.
         _pillow_step(image.load, max_pixels)
-        pixels, bits = _pil_to_unit(image)
+        pixels, bits, levels = _pil_to_unit(image)
     meta = ImageMeta(format=fmt, width=width, height=height, bits_stored=bits, photometric=image.mode)
-    return Radiograph(pixels=pixels, meta=meta)
+    return Radiograph(pixels=pixels, meta=meta, levels=levels)
 
 
 _T = TypeVar("_T")
@@ -285,18 +308,28 @@ def _pillow_step(step: Callable[[], _T], max_pixels: int) -> _T:
         raise ImageTooLargeError(f"expected at most {max_pixels} pixels, got more: {exc}") from exc
 
 
-def _pil_to_unit(image: Image.Image) -> tuple[np.ndarray, int]:
-    """Grey float32 in [0, 1]: 16-bit grey / 65535, anything else via Pillow's luminance "L" / 255."""
+_UNIT_8 = np.arange(256, dtype=np.float32) / np.float32(255.0)  # the pixel value of each 8-bit code
+_UNIT_16 = np.arange(65536, dtype=np.float32) / np.float32(65535.0)
+
+
+def _pil_to_unit(image: Image.Image) -> tuple[np.ndarray, int, Levels | None]:
+    """Grey float32 in [0, 1]: 16-bit grey / 65535, anything else via Pillow's luminance "L" / 255; with the codes
+    as levels (the same float32 division per code, so `pixels == values[codes]` exactly)."""
     # Scaled in place: a film under the pixel limit (7000x7000) is ~200 MB as float32, and `a / 255.0` would hold
     # a second copy at the decode's peak (same float32 arithmetic, same values).
     if image.mode in _SIXTEEN_BIT_MODES:
-        values = np.asarray(image).astype(np.float32)
+        stored = np.asarray(image)
+        values = stored.astype(np.float32)
         values /= np.float32(65535.0)
-        return np.clip(values, 0.0, 1.0, out=values), 16
+        levels = None
+        if stored.size and 0 <= int(stored.min()) and int(stored.max()) <= 65535:  # mode "I" is 32-bit signed
+            levels = Levels(stored.astype(np.uint16, copy=False), _UNIT_16)
+        return np.clip(values, 0.0, 1.0, out=values), 16, levels
     grey = image if image.mode == "L" else image.convert("L")  # RGB(A), LA, P, CMYK ...: alpha dropped
-    values = np.asarray(grey, dtype=np.float32)
+    codes = np.asarray(grey)
+    values = codes.astype(np.float32)
     values /= np.float32(255.0)
-    return values, 8
+    return values, 8, Levels(codes, _UNIT_8)
 
 
 # --------------------------------------------------------------------------------------------------- DICOM
@@ -349,11 +382,11 @@ def _decode_dicom(data: bytes, max_pixels: int, min_side: int, allow_colour: boo
             raise CorruptPixelDataError(f"expected a pixel array of shape {allowed[0]}, got {stored.shape}")
     with _typed_errors(CorruptPixelDataError, "could not apply the DICOM grey pipeline", redact):
         if header.is_grey:
-            pixels, voi_source = _grey_pipeline(stored, ds, header.photometric)
+            pixels, voi_source, levels = _grey_pipeline(stored, ds, header.photometric)
         else:
-            pixels, voi_source = _colour_to_grey(stored, ds, header.photometric), None
+            pixels, voi_source, levels = _colour_to_grey(stored, ds, header.photometric), None, None
         meta = _dicom_meta(ds, header, transfer_syntax, voi_source)
-    return Radiograph(pixels=pixels, meta=meta)
+    return Radiograph(pixels=pixels, meta=meta, levels=levels)
 
 
 def _read_dataset(data: bytes) -> Dataset:
@@ -515,16 +548,48 @@ def _jpeg_frame_size(frame: bytes) -> tuple[int, int] | None:
     return None
 
 
-def _grey_pipeline(stored: np.ndarray, ds: Dataset, photometric: str) -> tuple[np.ndarray, str]:
-    """Modality LUT -> VOI -> inversion, in float64; returns float32 in [0, 1] and the VOI step used."""
+MAX_LUT_CODES = 1 << 16  # integer films spanning at most this many stored values go through a lookup table
+
+
+def _grey_pipeline(stored: np.ndarray, ds: Dataset, photometric: str) -> tuple[np.ndarray, str, Levels | None]:
+    """Modality LUT -> VOI -> inversion, in float64; returns float32 in [0, 1], the VOI step used and the levels.
+
+    Every step maps each stored value on its own, so for integer pixels the steps run once per distinct value of
+    the film's range (at most MAX_LUT_CODES) and the film is one table lookup: the same float64 arithmetic on the
+    same values, so the same float32 pixels, without float64 passes over millions of pixels.
+    """
+    if stored.dtype.kind in "iu" and stored.size:
+        low, high = int(stored.min()), int(stored.max())
+        if high - low < MAX_LUT_CODES:
+            shifted = stored - stored.dtype.type(low) if low else stored  # wraps modulo 2**bits: still exact
+            codes = shifted.view(np.uint16) if shifted.dtype.itemsize == 2 else shifted.astype(np.uint16)
+            domain = np.arange(low, high + 1, dtype=np.int64).astype(stored.dtype)
+            counted: list[np.ndarray] = []
+
+            def present() -> np.ndarray:  # min-max VOI looks only at the values the film holds
+                counted.append(code_counts(codes, len(domain)))
+                return counted[-1] > 0
+
+            table, voi_source = _grey_steps(domain, ds, photometric, present)
+            levels = Levels(codes, table, counted[-1] if counted else None)
+            return np.take(table, codes, mode="clip"), voi_source, levels
+    pixels, voi_source = _grey_steps(stored, ds, photometric, None)
+    return pixels, voi_source, None
+
+
+def _grey_steps(
+    stored: np.ndarray, ds: Dataset, photometric: str, present: Callable[[], np.ndarray] | None
+) -> tuple[np.ndarray, str]:
     values = np.asarray(apply_modality_lut(stored, ds), dtype=np.float64)
-    unit, voi_source = _apply_voi(values, ds)
+    unit, voi_source = _apply_voi(values, ds, present)
     if _display_inverted(ds, photometric):
         unit = 1.0 - unit
     return np.clip(unit, 0.0, 1.0).astype(np.float32), voi_source
 
 
-def _apply_voi(values: np.ndarray, ds: Dataset) -> tuple[np.ndarray, str]:
+def _apply_voi(
+    values: np.ndarray, ds: Dataset, present: Callable[[], np.ndarray] | None = None
+) -> tuple[np.ndarray, str]:
     """First usable of: VOI LUT Sequence, Window Center/Width, min-max. A malformed LUT or window falls
     through to the next step (the pixels are fine, only the display hint is broken); `voi_source` says
     which step ran."""
@@ -538,7 +603,7 @@ def _apply_voi(values: np.ndarray, ds: Dataset) -> tuple[np.ndarray, str]:
             return _window(values, ds), "window"
         except _VOI_ERRORS:
             pass
-    return _minmax(values), "minmax"
+    return _minmax(values, present), "minmax"
 
 
 _VOI_ERRORS = (ValueError, TypeError, ArithmeticError, LookupError, AttributeError, NotImplementedError, struct.error)
@@ -568,8 +633,10 @@ def _window(values: np.ndarray, ds: Dataset) -> np.ndarray:
     return (np.asarray(windowed, dtype=np.float64) - low) / (high - low)
 
 
-def _minmax(values: np.ndarray) -> np.ndarray:
-    low, high = float(values.min()), float(values.max())
+def _minmax(values: np.ndarray, present: Callable[[], np.ndarray] | None = None) -> np.ndarray:
+    """`present`: with a lookup table, a mask of the values the film holds (the range counts only those)."""
+    seen = values if present is None else values[present()]
+    low, high = float(seen.min()), float(seen.max())
     if high <= low:  # constant image: all zeros, no division by zero
         return np.zeros_like(values, dtype=np.float64)
     return (values - low) / (high - low)

@@ -9,9 +9,12 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from models.imaging import Levels
 
 ResizePolicy = Literal["letterbox", "crop", "stretch"]
 Interpolation = Literal["area", "bilinear"]
@@ -94,25 +97,50 @@ def preprocess(image: Any, spec: PreprocessSpec) -> np.ndarray:
     if pixels.shape[0] < 2 or pixels.shape[1] < 2:
         raise ValueError(f"expected an image of at least 2x2 pixels, got {pixels.shape[1]}x{pixels.shape[0]}")
     x = pixels.astype(np.float32, copy=False)
-    x = normalise_intensity(x, spec)
+    x = normalise_intensity(x, spec, getattr(image, "levels", None))
     x = resize_square(x, spec)
     x = (x - np.float32(spec.mean)) / np.float32(spec.std)
     return x[np.newaxis].astype(np.float32, copy=False)  # (1, S, S)
 
 
-def normalise_intensity(x: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
-    """Per-image intensity normalisation to [0, 1] (before resizing, so padding stays at `pad_value`)."""
+def normalise_intensity(x: np.ndarray, spec: PreprocessSpec, levels: Levels | None = None) -> np.ndarray:
+    """Per-image intensity normalisation to [0, 1] (before resizing, so padding stays at `pad_value`). With the
+    film's levels (integer codes and their values), percentiles come from a histogram of the codes."""
     if spec.normalisation == "none":
         return np.clip(x, 0.0, 1.0)
     if spec.normalisation == "histeq":
         return _equalise_histogram(x)
     if spec.normalisation == "minmax":
         low, high = float(x.min()), float(x.max())
+    elif levels is not None and levels.codes.shape == x.shape:
+        low, high = levels_percentiles(levels, spec.percentiles)
     else:
         low, high = (float(v) for v in np.percentile(x, spec.percentiles))
     if high - low < 1e-8:
         return np.zeros_like(x)
-    return np.clip((x - np.float32(low)) / np.float32(high - low), 0.0, 1.0)
+    out = x - np.float32(low)  # a new array: the film's pixels stay as decoded
+    out /= np.float32(high - low)
+    return np.clip(out, 0.0, 1.0, out=out)
+
+
+def levels_percentiles(levels: Levels, percentiles: tuple[float, ...]) -> tuple[float, ...]:
+    """`np.percentile(pixels, percentiles)` (its default, linear method) from the codes' histogram: the order
+    statistics are found in the values sorted with their counts, so no pass sorts the film's pixels."""
+    counts = levels.counts
+    order = np.argsort(levels.values, kind="stable")
+    held = counts[order] > 0
+    values = levels.values[order][held].astype(np.float64)
+    ends = np.cumsum(counts[order][held])  # ends[i]: how many pixels are <= values[i]
+    n = int(ends[-1])
+    found = []
+    for q in percentiles:
+        rank = q / 100.0 * (n - 1)
+        below = int(np.floor(rank))
+        weight = rank - below
+        a = values[np.searchsorted(ends, below, side="right")]
+        b = values[np.searchsorted(ends, min(below + 1, n - 1), side="right")]
+        found.append(float(b - (b - a) * (1.0 - weight) if weight >= 0.5 else a + (b - a) * weight))  # numpy's lerp
+    return tuple(found)
 
 
 def _equalise_histogram(x: np.ndarray, bins: int = 1024) -> np.ndarray:
@@ -146,12 +174,37 @@ def resize_square(x: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
 
 
 def resample(x: np.ndarray, out_h: int, out_w: int, interpolation: Interpolation) -> np.ndarray:
-    """Separable resampling as two matrix products: out = Wy @ x @ Wx.T (antialiased, like Pillow's filters)."""
+    """Separable resampling, out = Wy @ x @ Wx.T (antialiased, like Pillow's filters). Each output row mixes a short
+    band of input rows, so the products run over the bands: a few weighted sums of row blocks instead of dense
+    matrix products whose cost grows with the square of the film's side (same sums, float32 rounding apart)."""
     if x.shape == (out_h, out_w):
         return x.astype(np.float32, copy=True)
-    wy = _weights(x.shape[0], out_h, interpolation)
-    wx = _weights(x.shape[1], out_w, interpolation)
-    return (wy @ x.astype(np.float32, copy=False) @ wx.T).astype(np.float32, copy=False)
+    x = x.astype(np.float32, copy=False)
+    rows = _banded_product(_band(x.shape[0], out_h, interpolation), x)  # (out_h, W)
+    columns = _banded_product(_band(x.shape[1], out_w, interpolation), np.ascontiguousarray(rows.T))  # (out_w, out_h)
+    return np.ascontiguousarray(columns.T)
+
+
+def _banded_product(band: tuple[np.ndarray, np.ndarray], x: np.ndarray) -> np.ndarray:
+    """W @ x for a banded W given as (first input row of each output row, the band's weights)."""
+    starts, weights = band
+    out = np.zeros((len(starts), x.shape[1]), dtype=np.float32)
+    for k in range(weights.shape[1]):
+        out += weights[:, k : k + 1] * x[starts + k]
+    return out
+
+
+@lru_cache(maxsize=64)
+def _band(n_in: int, n_out: int, interpolation: Interpolation) -> tuple[np.ndarray, np.ndarray]:
+    """The non-zero band of `_weights`: each row's first column and the band's weights (zeros where it is shorter)."""
+    dense = _weights(n_in, n_out, interpolation)
+    nonzero = dense != 0
+    first = nonzero.argmax(axis=1)
+    last = n_in - 1 - nonzero[:, ::-1].argmax(axis=1)
+    width = int((last - first).max()) + 1
+    starts = np.minimum(first, n_in - width)
+    weights = np.take_along_axis(dense, starts[:, np.newaxis] + np.arange(width)[np.newaxis, :], axis=1)
+    return starts, np.ascontiguousarray(weights)
 
 
 @lru_cache(maxsize=64)
