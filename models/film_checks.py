@@ -44,7 +44,7 @@ def film_statistics(pixels: np.ndarray, limits: FilmCheckLimits | None = None) -
     limits = limits or FilmCheckLimits()
     if pixels.ndim != 2:
         raise ValueError(f"expected a 2-D grey film, got shape {pixels.shape}")
-    stride = max(1, int(np.sqrt(pixels.size / _SAMPLE_TARGET)))
+    stride = max(1, round(np.sqrt(pixels.size / _SAMPLE_TARGET)))  # the sample stays near the target's size
     sample = pixels[::stride, ::stride].astype(np.float64)
     low, high = np.percentile(sample, [1, 99])
     return FilmStatistics(
