@@ -37,8 +37,13 @@ demo: $(SERVE_STAMP)
 	@echo "serving registry/ at http://127.0.0.1:8000  (the page: /, API docs: /docs, health: /readyz, metrics: /metrics)"
 	$(SERVE_VENV)/bin/xray serve --host 127.0.0.1 --port 8000
 
+# Each script prints its numbers and keeps them in bench/results/ (the machine's shared cores: ratios, not absolutes)
+BENCH_DAY := $(shell date +%Y%m%d)
 bench: $(STAMP)
+	$(PY) bench/decode_bench.py --json bench/results/$(BENCH_DAY)-decode-224.json
 	$(PY) bench/serve_bench.py
+	$(PY) bench/overload.py --json bench/results/$(BENCH_DAY)-overload-2x.json
+	$(PY) bench/jobs_bench.py
 
 # The browser tests' tools: Debian's chromium (apt, as root) and axe-core (npm); each bounded in time. Where either
 # cannot be installed (no root, no npm) the tests that need it skip and say why.
