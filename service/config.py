@@ -99,6 +99,9 @@ class Settings(CoreSettings):
     ray_address: str | None = Field(default=None, description="Ray cluster to join (default: start a local one)")
     ray_actors: int = Field(default=2, ge=1, description="Ray engine: scoring actors, each with its own sessions")
     ray_num_cpus: int | None = Field(default=None, ge=1, description="CPUs of the local Ray instance (default: all)")
+    worker_metrics_port: int = Field(
+        default=0, ge=0, le=65535, description="`xray worker`: serve Prometheus /metrics on this port (0 = off)"
+    )
     job_chunk_size: int = Field(default=64, ge=1, description="items a runner claims and commits at once")
     job_lease_s: float = Field(
         default=30.0, gt=0, description="claimed items return to the queue when their runner stops beating this long"

@@ -73,9 +73,7 @@ def _authenticate(request: Request, needed: Scope, authorization: str | None, x_
         )
     scope = ring.scope_of(key)
     if scope is None:
-        raise ProblemError(
-            401, "invalid_api_key", "the API key is not known", headers={"WWW-Authenticate": "Bearer"}
-        )
+        raise ProblemError(401, "invalid_api_key", "the API key is not known", headers={"WWW-Authenticate": "Bearer"})
     if needed == "admin" and scope != "admin":
         raise ProblemError(403, "forbidden", "this endpoint needs an admin key; the key presented is a user key")
     return Principal("key-" + hash_key(key)[:16], scope)

@@ -8,6 +8,7 @@ ever reported as done. While it waits it claims nothing more: the job pauses, an
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from sqlalchemy.exc import DBAPIError
 
@@ -33,17 +34,22 @@ def describe_database_error(error: BaseException) -> str:
 class DatabaseTrouble:
     """The runner's current database problem, logged once per distinct problem and once when it clears."""
 
-    def __init__(self, runner_id: str) -> None:
+    def __init__(self, runner_id: str, on_change: Callable[[bool], None] | None = None) -> None:
         self.runner_id = runner_id
         self.problem: str | None = None
+        self._on_change = on_change  # told True when a problem starts, False when it clears (a metrics gauge)
 
     def failed(self, error: BaseException) -> None:
         problem = describe_database_error(error)
         if problem != self.problem:
             log.error(problem, extra={"runner": self.runner_id, "error_type": type(error).__name__})
+            if self._on_change is not None:
+                self._on_change(True)
         self.problem = problem
 
     def recovered(self) -> None:
         if self.problem is not None:
             log.warning("the job database takes writes again; jobs resume", extra={"runner": self.runner_id})
+            if self._on_change is not None:
+                self._on_change(False)
         self.problem = None

@@ -110,7 +110,7 @@ class JobRunner:
         self.pool = pool
         self.runner_id = new_runner_id()
         self.scored = 0
-        self.trouble = DatabaseTrouble(self.runner_id)
+        self.trouble = DatabaseTrouble(self.runner_id, manager.metrics.job_runner_paused.set)
         self._stopping = asyncio.Event()
         self._wake = asyncio.Event()
         self._next_housekeeping = 0.0

@@ -8,6 +8,8 @@ import logging
 import signal
 from concurrent.futures import ThreadPoolExecutor
 
+from prometheus_client import start_http_server
+
 from service.config import Settings
 from service.jobs.engines import start_job_engine
 from service.jobs.store import JobStore
@@ -27,7 +29,11 @@ async def run_worker(settings: Settings) -> None:
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     store = await asyncio.to_thread(JobStore.open, settings.job_database_url())
-    manager = ModelManager(settings, ServiceMetrics(settings.prometheus_multiproc_dir))
+    metrics = ServiceMetrics(settings.prometheus_multiproc_dir)
+    if settings.worker_metrics_port:  # what its runner counts (results written, paused) for Prometheus to scrape
+        start_http_server(settings.worker_metrics_port, addr=settings.host, registry=metrics.registry)
+        log.info("worker metrics", extra={"port": settings.worker_metrics_port, "host": settings.host})
+    manager = ModelManager(settings, metrics)
     pool = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="decode")
     engine = None
     try:

@@ -108,9 +108,7 @@ async def metrics(request: Request) -> Response:
 
 
 async def _job_metrics(request: Request, service_metrics) -> None:
-    """The job store's counts and this process's runner's state; a database that is away leaves the last values."""
-    engine = request.app.state.job_engine
-    service_metrics.job_runner_paused.set(int(engine is not None and engine.trouble.problem is not None))
+    """The job store's counts (the runner sets its own paused gauge); a database that is away leaves the last ones."""
     try:
         by_state, open_items = await asyncio.to_thread(request.app.state.jobs.state_counts)
     except OperationalError:
