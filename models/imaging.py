@@ -564,14 +564,15 @@ def _grey_pipeline(stored: np.ndarray, ds: Dataset, photometric: str) -> tuple[n
             shifted = stored - stored.dtype.type(low) if low else stored  # wraps modulo 2**bits: still exact
             codes = shifted.view(np.uint16) if shifted.dtype.itemsize == 2 else shifted.astype(np.uint16)
             domain = np.arange(low, high + 1, dtype=np.int64).astype(stored.dtype)
-            counted: list[np.ndarray] = []
+            counts = None
 
             def present() -> np.ndarray:  # min-max VOI looks only at the values the film holds
-                counted.append(code_counts(codes, len(domain)))
-                return counted[-1] > 0
+                nonlocal counts
+                counts = code_counts(codes, len(domain))
+                return counts > 0
 
             table, voi_source = _grey_steps(domain, ds, photometric, present)
-            levels = Levels(codes, table, counted[-1] if counted else None)
+            levels = Levels(codes, table, counts)  # the percentiles reuse the counts when min-max made them
             return np.take(table, codes, mode="clip"), voi_source, levels
     pixels, voi_source = _grey_steps(stored, ds, photometric, None)
     return pixels, voi_source, None

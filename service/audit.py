@@ -7,7 +7,7 @@ over what is listed here.
 
 Rows are buffered in memory and written in batches by a background task, so a prediction never waits on the
 database; a reader (GET /v1/audit) flushes first and so sees every answer already given. When the database is
-unreachable the buffer keeps the rows (up to `max_buffered`, then the oldest are dropped, counted and logged).
+unreachable the buffer keeps the rows (up to `max_buffered`; past that new rows are dropped, counted and logged).
 """
 
 from __future__ import annotations
@@ -76,11 +76,11 @@ class AuditTrail:
     def record(self, request: Request, entry: AuditEntry) -> None:
         principal = getattr(request.state, "principal", None)
         route = request.scope.get("route")
-        if len(self._buffer) >= self.max_buffered:
-            self._buffer.popleft()
+        if len(self._buffer) >= self.max_buffered:  # the newest row is dropped: the oldest may be being written now
             self.dropped += 1
             if self.dropped == 1 or self.dropped % 1000 == 0:
                 log.error("audit rows dropped: the database has not taken them", extra={"dropped": self.dropped})
+            return
         self._buffer.append(
             {
                 "at": utcnow(),

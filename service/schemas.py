@@ -212,6 +212,19 @@ class ServedModel(SessionInfo):
     training_data: TrainingData
 
 
+class RegistryProblem(BaseModel):
+    """Why the registry's current set was refused (the last good set still serves); gone after a good reload."""
+
+    error: str = Field(description="the error's type, e.g. IntegrityError, ManifestError, EngineError")
+    detail: str = Field(description="what is wrong, naming the model version and file")
+    model: str | None = Field(description="the model at fault, when the error names one")
+    version: int | None = Field(description="its version, when the error names one")
+    since: str = Field(description="UTC ISO 8601: when this problem was first seen")
+    last_attempt: str = Field(description="UTC ISO 8601: the latest reload that met it")
+    attempts: int = Field(description="reloads refused for this problem")
+    trigger: str = Field(description="who asked for the latest reload: watcher or api")
+
+
 class ServedModels(BaseModel):
     alias: str
     models: dict[str, ServedModel] = Field(description="by role: classifier, autoencoder")

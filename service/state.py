@@ -18,15 +18,14 @@ import os
 import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 from models.registry import Registry, utc_now
 from service.config import Settings
 from service.metrics import ServiceMetrics
 from service.pipeline import Pipeline
 from service.registry_watch import Fingerprint, registry_fingerprint
+from service.schemas import RegistryProblem
 
 log = logging.getLogger("service.state")
 
@@ -45,40 +44,30 @@ _REFS = (
 MAX_DETAIL_CHARS = 1000
 
 
-@dataclass
-class RegistryProblem:
-    """Why the registry's current set could not be loaded: what failed, in which model version, since when."""
-
-    error: str  # the exception type, e.g. IntegrityError
-    detail: str
-    model: str | None
-    version: int | None
-    since: str  # UTC ISO 8601, when this problem was first seen
-    last_attempt: str
-    attempts: int
-    trigger: str  # who asked for the reload: watcher or api
-
-    @classmethod
-    def from_error(cls, error: Exception, trigger: str, root: Path) -> RegistryProblem:
-        """Paths are made relative to the registry: /readyz is unauthenticated, and need not show the machine's."""
-        detail = str(error) or type(error).__name__
-        for prefix in {f"{root.resolve()}{os.sep}", f"{root}{os.sep}"}:
-            detail = detail.replace(prefix, "")
-        model = version = None
-        for pattern in _REFS:
-            found = pattern.search(detail)
-            if found:
-                model = found["model"]
-                version = int(found["version"]) if "version" in found.groupdict() else None
-                break
-        now = utc_now()
-        return cls(type(error).__name__, detail[:MAX_DETAIL_CHARS], model, version, now, now, 1, trigger)
-
-    def same_as(self, other: RegistryProblem) -> bool:
-        return (self.error, self.detail) == (other.error, other.detail)
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+def registry_problem(error: Exception, trigger: str, root: Path) -> RegistryProblem:
+    """What failed and where. Paths are made relative to the registry: /readyz is unauthenticated, and need not show
+    the machine's."""
+    detail = str(error) or type(error).__name__
+    for prefix in {f"{root.resolve()}{os.sep}", f"{root}{os.sep}"}:
+        detail = detail.replace(prefix, "")
+    model = version = None
+    for pattern in _REFS:
+        found = pattern.search(detail)
+        if found:
+            model = found["model"]
+            version = int(found["version"]) if "version" in found.groupdict() else None
+            break
+    now = utc_now()
+    return RegistryProblem(
+        error=type(error).__name__,
+        detail=detail[:MAX_DETAIL_CHARS],
+        model=model,
+        version=version,
+        since=now,
+        last_attempt=now,
+        attempts=1,
+        trigger=trigger,
+    )
 
 
 class ReloadRefusedError(RuntimeError):
@@ -159,7 +148,7 @@ class ModelManager:
         except Exception as error:
             raise ReloadRefusedError(self._record(error, trigger), self.serving()) from error
         if self.problem is not None:
-            log.info("registry problem cleared", extra={"registry_problem": self.problem.as_dict()})
+            log.info("registry problem cleared", extra={"registry_problem": self.problem.model_dump()})
             self.problem = None
         old, self.current = self.current, new
         self.reloads += 1
@@ -173,9 +162,9 @@ class ModelManager:
 
     def _record(self, error: Exception, trigger: str) -> RegistryProblem:
         """Keep the problem for /readyz; log it once per distinct problem, not once per attempt."""
-        problem = RegistryProblem.from_error(error, trigger, self.settings.registry_dir)
+        problem = registry_problem(error, trigger, self.settings.registry_dir)
         known = self.problem
-        if known is not None and problem.same_as(known):
+        if known is not None and (known.error, known.detail) == (problem.error, problem.detail):
             known.attempts += 1
             known.last_attempt = problem.last_attempt
             known.trigger = trigger
@@ -183,7 +172,7 @@ class ModelManager:
         self.problem = problem
         log.warning(
             "registry reload refused; the last good set serves on",
-            extra={"registry_problem": problem.as_dict(), "serving": self.serving()},
+            extra={"registry_problem": problem.model_dump(), "serving": self.serving()},
         )
         return problem
 

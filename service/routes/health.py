@@ -14,7 +14,7 @@ from service.batching import QueueFullError
 from service.dependencies import ManagerDep, SettingsDep
 from service.errors import problem_response
 from service.jobs.tables import JOB_STATES
-from service.schemas import SessionInfo, problems
+from service.schemas import RegistryProblem, SessionInfo, problems
 
 router = APIRouter(tags=["health"])
 PROBE_REUSE_S = 1.0
@@ -22,19 +22,6 @@ PROBE_REUSE_S = 1.0
 
 class Alive(BaseModel):
     status: Literal["alive"]
-
-
-class RegistryProblem(BaseModel):
-    """Why the registry's current set was refused (the last good set still serves); gone after a good reload."""
-
-    error: str = Field(description="the error's type, e.g. IntegrityError, ManifestError, EngineError")
-    detail: str = Field(description="what is wrong, naming the model version and file")
-    model: str | None = Field(description="the model at fault, when the error names one")
-    version: int | None = Field(description="its version, when the error names one")
-    since: str = Field(description="UTC ISO 8601: when this problem was first seen")
-    last_attempt: str = Field(description="UTC ISO 8601: the latest reload that met it")
-    attempts: int = Field(description="reloads refused for this problem")
-    trigger: str = Field(description="who asked for the latest reload: watcher or api")
 
 
 class Ready(BaseModel):
@@ -92,7 +79,7 @@ async def readyz(request: Request, manager: ManagerDep, settings: SettingsDep) -
         request.app.state.last_ready_probe = (pipeline, time.monotonic())
     ready = {"status": "ready", **pipeline.describe()}
     if manager.problem is not None:
-        ready["registry_problem"] = manager.problem.as_dict()
+        ready["registry_problem"] = manager.problem
     return ready
 
 

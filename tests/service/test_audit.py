@@ -148,3 +148,21 @@ def test_records_written_while_serving_survive_a_restart(tmp_path) -> None:
         records = second.get("/v1/audit").json()["records"]
     assert [r["request_id"] for r in records] == [request_id]
     assert records[0]["key_id"] == "anonymous"
+
+
+def test_a_full_buffer_drops_new_rows_and_counts_them() -> None:
+    """The oldest rows may be in a write under way; a full buffer refuses the newest instead (and says how many)."""
+    from types import SimpleNamespace
+
+    from service.audit import AuditEntry, AuditTrail
+
+    trail = AuditTrail(engine=None, max_buffered=2)  # type: ignore[arg-type]  # never flushed here
+    for number in range(3):
+        request = SimpleNamespace(
+            state=SimpleNamespace(principal=None, request_id=f"r{number}"),
+            scope={},
+            method="POST",
+            url=SimpleNamespace(path="/v1/predict"),
+        )
+        trail.record(request, AuditEntry("predict"))  # type: ignore[arg-type]
+    assert [row["request_id"] for row in trail._buffer] == ["r0", "r1"] and trail.dropped == 1
